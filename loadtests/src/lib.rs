@@ -1,0 +1,5 @@
+//! Sluice test rig: provider emulator, Qdrant stand-in, corpus generator and the fleet rig.
+pub mod corpus;
+pub mod emulator;
+pub mod fleet;
+pub mod standin;

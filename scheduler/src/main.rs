@@ -1,0 +1,92 @@
+//! `sluice`: the operator CLI. Thin by design: parse arguments, load settings, start logging, build
+//! the pipeline from the library, run one command.
+
+mod enqueue;
+mod ingest;
+mod progress;
+mod reindex;
+mod search;
+mod serve;
+mod status;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_shared::config::Settings;
+
+/// Exit status when the run finished but some documents failed (all others were indexed).
+pub const EXIT_SOME_FAILED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Turn documents into searchable chunks in Qdrant"
+)]
+struct Cli {
+    /// TOML configuration file (settings as in the README; environment variables win).
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the embedded store and SQLite metadata live (SLUICE_DATA_DIR).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Index a folder, a file or an object-storage URL (file://, s3://, gs://, az://).
+    Ingest(ingest::IngestArgs),
+    /// Search a collection.
+    Search(search::SearchArgs),
+    /// Document counts by status and the latest failures.
+    Status(status::StatusArgs),
+    /// Publish index jobs for the fleet's workers (RabbitMQ, SLUICE_AMQP_URL).
+    Enqueue(enqueue::EnqueueArgs),
+    /// Run the scheduler service: HTTP API, watch mode and S3 event notifications.
+    Serve(serve::ServeArgs),
+    /// Poll object-storage locations and enqueue new, changed and removed documents.
+    Watch(watch::WatchArgs),
+    /// Enqueue matching documents from the metadata store again, in bounded batches.
+    Reindex(reindex::ReindexArgs),
+}
+
+fn main() -> ExitCode {
+    // The PDF extraction child is this same binary; it must branch off before anything else runs.
+    sluice_shared::extract::pdf::run_child_if_requested();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut settings = Settings::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Some(dir) = cli.data_dir {
+        settings.data_dir = dir;
+    }
+    sluice_shared::telemetry::init(settings.log_format, "warn,qdrant_edge=error,sluice=info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Ingest(args) => ingest::run(settings, args).await,
+            Command::Search(args) => search::run(settings, args).await,
+            Command::Status(args) => status::run(settings, args).await,
+            Command::Enqueue(args) => enqueue::run(settings, args).await,
+            Command::Serve(args) => serve::run(settings, args).await,
+            Command::Watch(args) => watch::run(settings, args).await,
+            Command::Reindex(args) => reindex::run(settings, args).await,
+        }
+    })
+}

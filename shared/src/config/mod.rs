@@ -1,0 +1,572 @@
+//! Configuration: one typed [`Settings`] struct, loaded from an optional TOML file and the
+//! environment (environment wins), validated at start-up with errors that name the setting.
+//!
+//! Every setting has one name. In the environment it is `SLUICE_<NAME>`; in the TOML file (given by
+//! `SLUICE_CONFIG` or `--config`) it is the same name in lower case without the prefix, e.g.
+//! `SLUICE_CHUNK_MAX_TOKENS=400` ≡ `chunk_max_tokens = 400`. Secrets may instead be read from a file
+//! named by `SLUICE_<NAME>_FILE` (Kubernetes/Docker secrets), and are held as [`Secret`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::secret::{Secret, redact_url};
+
+mod fleet;
+mod scheduler;
+pub use fleet::FleetConfig;
+pub use scheduler::SchedulerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+pub(crate) fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Which dense embedding provider to call, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// No dense vectors: BM25 sparse vectors alone (no key, no network).
+    Bm25,
+    Voyage,
+    /// Any server speaking OpenAI's `/v1/embeddings` (OpenAI, Azure OpenAI, vLLM, Ollama, TEI).
+    OpenAi,
+}
+
+impl FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bm25" | "none" => Ok(ProviderKind::Bm25),
+            "voyage" | "voyageai" => Ok(ProviderKind::Voyage),
+            "openai" => Ok(ProviderKind::OpenAi),
+            other => Err(format!(
+                "unknown provider {other:?}; expected bm25, voyage or openai"
+            )),
+        }
+    }
+}
+
+/// Dense embedding provider settings (`SLUICE_EMBED_*`).
+#[derive(Debug, Clone)]
+pub struct EmbedConfig {
+    /// `SLUICE_EMBED_PROVIDER`: bm25 (default), voyage or openai.
+    pub provider: ProviderKind,
+    /// `SLUICE_EMBED_MODEL`: default voyage-3.5 / text-embedding-3-small.
+    pub model: String,
+    /// `SLUICE_EMBED_BASE_URL`: the provider's base URL (`/v1/embeddings` is appended).
+    pub base_url: Option<String>,
+    /// `SLUICE_EMBED_API_KEY` (or `_FILE`); falls back to `VOYAGE_API_KEY` / `OPENAI_API_KEY`.
+    pub api_key: Option<Secret>,
+    /// `SLUICE_EMBED_API_KEY_HEADER`: header carrying the key instead of `Authorization: Bearer`
+    /// (Azure OpenAI uses `api-key`).
+    pub api_key_header: Option<String>,
+    /// `SLUICE_EMBED_DIMENSIONS`: Voyage `output_dimension` / OpenAI `dimensions`.
+    pub dimensions: Option<u32>,
+    /// `SLUICE_EMBED_TIMEOUT_SECS`: per-request timeout (default 60).
+    pub request_timeout: Duration,
+    /// `SLUICE_EMBED_MAX_RETRIES`: retries for 429/5xx/timeouts before the document fails (default 8).
+    pub max_retries: u32,
+    /// `SLUICE_EMBED_CONCURRENCY`: embedding requests in flight per document (default 4).
+    pub concurrency: usize,
+}
+
+/// Everything the binaries need. See the module docs for how names map to env and file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SLUICE_DATA_DIR`: where the embedded store and SQLite live (default `./sluice-data`).
+    pub data_dir: PathBuf,
+    /// `SLUICE_COLLECTION`: default collection (default `sluice`).
+    pub collection: String,
+    /// `SLUICE_TENANT`: tenant recorded on documents and used to filter searches.
+    pub tenant: Option<String>,
+    /// `SLUICE_QDRANT_URL`: a Qdrant server (gRPC, e.g. `http://qdrant:6334`); unset = embedded.
+    pub qdrant_url: Option<String>,
+    /// `SLUICE_QDRANT_API_KEY` (or `_FILE`).
+    pub qdrant_api_key: Option<Secret>,
+    /// `SLUICE_DATABASE_URL` (or `_FILE`): PostgreSQL URL; unset = SQLite in the data directory.
+    pub database_url: Option<Secret>,
+    /// `SLUICE_MAX_FILE_SIZE`: larger source files are rejected (default 100MiB).
+    pub max_file_size: u64,
+    /// `SLUICE_CONCURRENCY`: documents processed at once (default 16: most of a document's time is
+    /// spent waiting on the embedding provider and disk, so more than the core count pays off;
+    /// each one in flight holds its bytes in memory).
+    pub concurrency: usize,
+    /// `SLUICE_CHUNK_MAX_TOKENS`: chunk size limit in cl100k tokens (default 512).
+    pub chunk_max_tokens: usize,
+    /// `SLUICE_CHUNK_OVERLAP_TOKENS`: overlap between neighbouring chunks (default 64).
+    pub chunk_overlap_tokens: usize,
+    pub embed: EmbedConfig,
+    /// `SLUICE_PDF_TIMEOUT_SECS`: time limit of the PDF extraction child (default 120).
+    pub pdf_timeout: Duration,
+    /// `SLUICE_PDF_MEMORY_LIMIT`: address-space limit of the PDF child (default 2GiB).
+    pub pdf_memory_limit: u64,
+    /// `SLUICE_DOCUMENT_TIMEOUT_SECS`: one document's processing limit (default 600).
+    pub document_timeout: Duration,
+    /// `SLUICE_LEASE_SECS`: a document's processing lease, renewed every third of it while a run
+    /// works on it; a crashed run blocks its documents for at most this long (default 30).
+    pub lease: Duration,
+    /// `SLUICE_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// Broker, queues and worker behaviour (used by the fleet binaries).
+    pub fleet: FleetConfig,
+    /// HTTP API, watch mode, S3 event notifications and reindex (used by `sluice`).
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" | "pretty" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?}; expected text or json"
+            )),
+        }
+    }
+}
+
+/// Reads setting values from the environment first, then the TOML file.
+pub struct Loader {
+    env: HashMap<String, String>,
+    file: toml::Table,
+    file_path: Option<PathBuf>,
+}
+
+impl Loader {
+    /// The process environment, plus the TOML file named by `config_file` or `SLUICE_CONFIG`.
+    pub fn from_process(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_parts(std::env::vars().collect(), config_file)
+    }
+
+    /// An explicit environment (tests) plus an optional TOML file.
+    pub fn from_parts(
+        env: HashMap<String, String>,
+        config_file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let file_path = config_file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("SLUICE_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        Ok(Loader {
+            env,
+            file,
+            file_path,
+        })
+    }
+
+    fn env_name(name: &str) -> String {
+        format!("SLUICE_{}", name.to_ascii_uppercase())
+    }
+
+    /// The raw value of setting `name` and where it came from (for error messages).
+    fn raw(&self, name: &str) -> Result<Option<(String, String)>, ConfigError> {
+        let env_name = Self::env_name(name);
+        if let Some(v) = self.env.get(&env_name).filter(|v| !v.is_empty()) {
+            return Ok(Some((v.clone(), env_name)));
+        }
+        let key = name.to_ascii_lowercase();
+        match self.file.get(&key) {
+            None => Ok(None),
+            Some(value) => {
+                let origin = format!(
+                    "{key} in {}",
+                    self.file_path
+                        .as_deref()
+                        .unwrap_or(Path::new("?"))
+                        .display()
+                );
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(invalid(
+                            &origin,
+                            format!("expected a string or number, got {}", other.type_str()),
+                        ));
+                    }
+                };
+                Ok(Some((text, origin)))
+            }
+        }
+    }
+
+    /// An optional setting parsed with `FromStr`.
+    pub fn opt<T>(&self, name: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(name)? {
+            None => Ok(None),
+            Some((text, origin)) => text
+                .trim()
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| invalid(&origin, format!("invalid value {text:?}: {e}"))),
+        }
+    }
+
+    pub fn get<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        Ok(self.opt(name)?.unwrap_or(default))
+    }
+
+    /// A size in bytes: a plain number or with a unit (`100MiB`, `2GB`, `512k`).
+    pub fn size(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.raw(name)? {
+            None => Ok(default),
+            Some((text, origin)) => parse_size(&text).map_err(|e| invalid(&origin, e)),
+        }
+    }
+
+    pub fn secs(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
+        let secs: f64 = self.get(name, default as f64)?;
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(invalid(
+                &Self::env_name(name),
+                "must be a positive number of seconds",
+            ));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// A secret: `SLUICE_<NAME>`, else the contents of the file named by `SLUICE_<NAME>_FILE`
+    /// (trailing newline trimmed). Values never appear in errors.
+    pub fn secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
+        if let Some((value, _)) = self.raw(name)? {
+            return Ok(Some(Secret::new(value)));
+        }
+        let file_setting = format!("{name}_file");
+        match self.raw(&file_setting)? {
+            None => Ok(None),
+            Some((path, origin)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(&origin, format!("cannot read secret file {path}: {e}"))
+                })?;
+                let trimmed = text.trim_end_matches(['\n', '\r']);
+                if trimmed.is_empty() {
+                    return Err(invalid(&origin, format!("secret file {path} is empty")));
+                }
+                Ok(Some(Secret::new(trimmed)))
+            }
+        }
+    }
+
+    /// A variable outside the `SLUICE_` namespace (e.g. `VOYAGE_API_KEY`).
+    pub fn foreign(&self, env_name: &str) -> Option<String> {
+        self.env.get(env_name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// Parses `123`, `64k`, `100MiB`, `2GB`, `1.5G` (binary units; `MB` and `MiB` both mean 2^20).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected e.g. 100MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("invalid size unit {other:?} in {text:?}")),
+    };
+    let bytes = num * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(format!("invalid size {text:?}: must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+impl Settings {
+    /// Load from the process environment and `config_file` (or `SLUICE_CONFIG`).
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_loader(&Loader::from_process(config_file)?)
+    }
+
+    pub fn from_loader(l: &Loader) -> Result<Self, ConfigError> {
+        let provider: ProviderKind = l.get("embed_provider", ProviderKind::Bm25)?;
+        let default_model = match provider {
+            ProviderKind::Voyage => "voyage-3.5",
+            ProviderKind::OpenAi => "text-embedding-3-small",
+            ProviderKind::Bm25 => "",
+        };
+        let api_key = match l.secret("embed_api_key")? {
+            Some(key) => Some(key),
+            None => match provider {
+                ProviderKind::Voyage => l.foreign("VOYAGE_API_KEY").map(Secret::new),
+                ProviderKind::OpenAi => l.foreign("OPENAI_API_KEY").map(Secret::new),
+                ProviderKind::Bm25 => None,
+            },
+        };
+        let embed = EmbedConfig {
+            provider,
+            model: l.get("embed_model", default_model.to_string())?,
+            base_url: l.opt("embed_base_url")?,
+            api_key,
+            api_key_header: l.opt("embed_api_key_header")?,
+            dimensions: l.opt("embed_dimensions")?,
+            request_timeout: l.secs("embed_timeout_secs", 60)?,
+            max_retries: l.get("embed_max_retries", 8)?,
+            concurrency: l.get("embed_concurrency", 4)?,
+        };
+        let settings = Settings {
+            data_dir: l.get("data_dir", PathBuf::from("sluice-data"))?,
+            collection: l.get("collection", "sluice".to_string())?,
+            tenant: l.opt("tenant")?,
+            qdrant_url: l.opt("qdrant_url")?,
+            qdrant_api_key: l.secret("qdrant_api_key")?,
+            database_url: l.secret("database_url")?,
+            max_file_size: l.size("max_file_size", 100 << 20)?,
+            concurrency: l.get("concurrency", 16)?,
+            chunk_max_tokens: l.get("chunk_max_tokens", 512)?,
+            chunk_overlap_tokens: l.get("chunk_overlap_tokens", 64)?,
+            embed,
+            pdf_timeout: l.secs("pdf_timeout_secs", 120)?,
+            pdf_memory_limit: l.size("pdf_memory_limit", 2 << 30)?,
+            document_timeout: l.secs("document_timeout_secs", 600)?,
+            lease: l.secs("lease_secs", 30)?,
+            log_format: l.get("log_format", LogFormat::Text)?,
+            fleet: fleet::load(l)?,
+            scheduler: scheduler::load(l)?,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_collection_name("SLUICE_COLLECTION", &self.collection)?;
+        if self.concurrency == 0 {
+            return Err(invalid("SLUICE_CONCURRENCY", "must be at least 1"));
+        }
+        if self.lease < Duration::from_secs(3) {
+            return Err(invalid("SLUICE_LEASE_SECS", "must be at least 3 seconds"));
+        }
+        if self.embed.concurrency == 0 {
+            return Err(invalid("SLUICE_EMBED_CONCURRENCY", "must be at least 1"));
+        }
+        if self.chunk_max_tokens < 16 {
+            return Err(invalid("SLUICE_CHUNK_MAX_TOKENS", "must be at least 16"));
+        }
+        if self.chunk_overlap_tokens >= self.chunk_max_tokens {
+            return Err(invalid(
+                "SLUICE_CHUNK_OVERLAP_TOKENS",
+                format!(
+                    "must be smaller than SLUICE_CHUNK_MAX_TOKENS ({})",
+                    self.chunk_max_tokens
+                ),
+            ));
+        }
+        if self.embed.provider != ProviderKind::Bm25
+            && self.embed.api_key.is_none()
+            && self.embed.base_url.is_none()
+        {
+            return Err(invalid(
+                "SLUICE_EMBED_API_KEY",
+                "is required for the voyage and openai providers (or set SLUICE_EMBED_BASE_URL for a keyless server)",
+            ));
+        }
+        for (name, url) in [
+            ("SLUICE_QDRANT_URL", self.qdrant_url.as_deref()),
+            ("SLUICE_EMBED_BASE_URL", self.embed.base_url.as_deref()),
+        ] {
+            if let Some(url) = url {
+                url::Url::parse(url).map_err(|e| invalid(name, format!("not a URL ({e})")))?;
+            }
+        }
+        if let Some(db) = &self.database_url {
+            let url = db.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "SLUICE_DATABASE_URL",
+                    format!("expected a postgres:// URL, got {}", redact_url(url)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the embedded vector store lives.
+    pub fn embedded_store_dir(&self) -> PathBuf {
+        self.data_dir.join("qdrant")
+    }
+
+    /// The SQLite file used when no `SLUICE_DATABASE_URL` is set.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("metadata.sqlite")
+    }
+}
+
+/// Qdrant collection names: keep to a portable subset so the same name works in every store.
+pub fn validate_collection_name(setting: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            setting,
+            format!("invalid collection name {name:?}: use 1-128 letters, digits, '_' or '-'"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_loader(&Loader::from_parts(env(pairs), None).unwrap())
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.collection, "sluice");
+        assert_eq!(s.embed.provider, ProviderKind::Bm25);
+        assert_eq!(s.max_file_size, 100 << 20);
+        assert!(s.qdrant_url.is_none() && s.database_url.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let err = load(&[("SLUICE_CHUNK_MAX_TOKENS", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("SLUICE_CHUNK_MAX_TOKENS"), "{err}");
+        let err = load(&[
+            ("SLUICE_CHUNK_MAX_TOKENS", "100"),
+            ("SLUICE_CHUNK_OVERLAP_TOKENS", "100"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SLUICE_CHUNK_OVERLAP_TOKENS"), "{err}");
+        let err = load(&[("SLUICE_EMBED_PROVIDER", "voyage")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SLUICE_EMBED_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn database_url_errors_do_not_leak_the_password() {
+        let err = load(&[("SLUICE_DATABASE_URL", "mysql://u:topsecret@h/db")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SLUICE_DATABASE_URL") && !err.contains("topsecret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_values_apply_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "collection = \"docs\"\nchunk_max_tokens = 300\nmax_file_size = \"2MiB\"\n",
+        )
+        .unwrap();
+        let l =
+            Loader::from_parts(env(&[("SLUICE_CHUNK_MAX_TOKENS", "200")]), Some(&path)).unwrap();
+        let s = Settings::from_loader(&l).unwrap();
+        assert_eq!(s.collection, "docs");
+        assert_eq!(s.chunk_max_tokens, 200);
+        assert_eq!(s.max_file_size, 2 << 20);
+    }
+
+    #[test]
+    fn bad_file_value_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "concurrency = \"many\"\n").unwrap();
+        let l = Loader::from_parts(HashMap::new(), Some(&path)).unwrap();
+        let err = Settings::from_loader(&l).unwrap_err().to_string();
+        assert!(
+            err.contains("concurrency in") && err.contains("sluice.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "vk-123\n").unwrap();
+        let s = load(&[
+            ("SLUICE_EMBED_PROVIDER", "voyage"),
+            ("SLUICE_EMBED_API_KEY_FILE", key.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(s.embed.api_key.unwrap().expose(), "vk-123");
+        assert!(
+            !format!("{:?}", load(&[("SLUICE_QDRANT_API_KEY", "qk-9")]).unwrap()).contains("qk-9")
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn collection_names_are_checked() {
+        assert!(load(&[("SLUICE_COLLECTION", "a/b")]).is_err());
+        assert!(load(&[("SLUICE_COLLECTION", "docs_v2-en")]).is_ok());
+    }
+}

@@ -1,0 +1,71 @@
+//! Settings of the scheduler: `sluice serve` (HTTP API, watch mode, S3 event notifications) and
+//! `sluice reindex`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{ConfigError, Loader, invalid};
+use crate::secret::Secret;
+
+/// `SLUICE_API_*`, `SLUICE_WATCH*`, `SLUICE_S3_EVENTS_QUEUE` and `SLUICE_REINDEX_*`.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// `SLUICE_API_LISTEN`: address of the HTTP API and of `/healthz`, `/readyz`, `/metrics`
+    /// (default `0.0.0.0:8080`).
+    pub api_listen: SocketAddr,
+    /// `SLUICE_API_KEY` (or `_FILE`): when set, every `/v1/...` request must carry it as
+    /// `Authorization: Bearer <key>` (or `x-api-key`). Probes and `/metrics` stay open.
+    pub api_key: Option<Secret>,
+    /// `SLUICE_WATCH`: comma-separated locations `sluice serve` polls for new, changed and removed
+    /// objects (local folders, `file://`, `s3://`, `gs://`, `az://` URLs). Empty: no watching.
+    pub watch: Vec<String>,
+    /// `SLUICE_WATCH_INTERVAL_SECS`: pause between two listings of a watched location (default 30).
+    pub watch_interval: Duration,
+    /// `SLUICE_S3_EVENTS_QUEUE`: a queue carrying S3 event notifications (AWS S3 or MinIO's AMQP
+    /// target) that `sluice serve` turns into index/delete jobs. Unset: not consumed.
+    pub s3_events_queue: Option<String>,
+    /// `SLUICE_REINDEX_MAX_QUEUE_DEPTH`: `sluice reindex` waits while the work queue holds more
+    /// messages than this (default 1000), so a large reindex never floods the broker.
+    pub reindex_max_queue_depth: u32,
+    /// `SLUICE_REINDEX_BATCH`: documents read from the metadata store and published per batch
+    /// (default 100). Never more than the maximum queue depth.
+    pub reindex_batch: usize,
+}
+
+pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
+    let watch_text: String = l.get("watch", String::new())?;
+    let watch = watch_text
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    let config = SchedulerConfig {
+        api_listen: l.get("api_listen", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+        api_key: l.secret("api_key")?,
+        watch,
+        watch_interval: l.secs("watch_interval_secs", 30)?,
+        s3_events_queue: l.opt::<String>("s3_events_queue")?.filter(|q| !q.is_empty()),
+        reindex_max_queue_depth: l.get("reindex_max_queue_depth", 1000)?,
+        reindex_batch: l.get("reindex_batch", 100)?,
+    };
+    if config.api_key.as_ref().is_some_and(|k| k.expose().trim().is_empty()) {
+        return Err(invalid("SLUICE_API_KEY", "is set but empty"));
+    }
+    if config.reindex_max_queue_depth == 0 {
+        return Err(invalid("SLUICE_REINDEX_MAX_QUEUE_DEPTH", "must be at least 1"));
+    }
+    if config.reindex_batch == 0 {
+        return Err(invalid("SLUICE_REINDEX_BATCH", "must be at least 1"));
+    }
+    if config.reindex_batch > config.reindex_max_queue_depth as usize {
+        return Err(invalid(
+            "SLUICE_REINDEX_BATCH",
+            format!(
+                "must not exceed SLUICE_REINDEX_MAX_QUEUE_DEPTH ({})",
+                config.reindex_max_queue_depth
+            ),
+        ));
+    }
+    Ok(config)
+}

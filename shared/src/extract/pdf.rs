@@ -1,0 +1,470 @@
+//! PDF extraction for the extract stage, run in an isolated child process.
+//!
+//! pdf-extract panics on many malformed PDFs and can overflow its stack on deeply nested ones; a
+//! stack overflow aborts the whole process and `catch_unwind` cannot stop it. So the parent
+//! ([`extract_in_child`]) never parses PDFs itself: it starts a child (by default the running binary
+//! with the hidden [`CHILD_ARG`] argument), limits its address space with `RLIMIT_AS`, pipes the
+//! bytes to its stdin, and reads one JSON [`ChildReply`] from its stdout within a deadline. Whatever
+//! the child does — panic, abort, overflow, hang, run out of memory — the parent gets a typed
+//! [`ExtractError`] and the worker lives on.
+//!
+//! Test-only fault injection: the environment variable [`FAULT_ENV`]
+//! (`SLUICE_PDF_CHILD_FAULT=abort|stack-overflow|hang`) makes the child abort, overflow its stack by
+//! real recursion, or sleep forever after reading its input and before parsing. It exists so tests
+//! can prove the parent survives a parser that kills its process; never set it in production.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{ExtractError, ExtractSettings};
+use crate::model::{DocFormat, ExtractedDoc, Section};
+
+/// Hidden first argument that makes the `sluice` and `sluice-worker` binaries act as the PDF child.
+pub const CHILD_ARG: &str = "__extract-pdf";
+
+/// Test-only fault injection switch read by the child; see the module docs.
+pub const FAULT_ENV: &str = "SLUICE_PDF_CHILD_FAULT";
+
+/// Largest reply accepted from the child. Extracted text is rarely more than a few times smaller
+/// than the PDF; 128 MiB of JSON bounds the parent's memory per document.
+const MAX_REPLY_BYTES: u64 = 128 * 1024 * 1024;
+
+/// How much of the child's stderr is kept to explain a crash (the panic or abort message is at the
+/// end).
+const STDERR_TAIL_BYTES: usize = 4 * 1024;
+
+/// Exit code of a child that could not read its input or write its reply.
+const CHILD_IO_FAILURE: i32 = 3;
+
+/// What the child writes to stdout: exactly one JSON object.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum ChildReply {
+    /// Text per page; `failed_pages` lists pages the parser rejected (skipped, with the reason).
+    Ok {
+        doc: ExtractedDoc,
+        failed_pages: Vec<(u32, String)>,
+    },
+    /// The parser returned an error or panicked: the file is not a PDF pdf-extract can read.
+    Corrupt { detail: String },
+    /// The child itself was misused (e.g. an unknown fault name).
+    Failed { detail: String },
+}
+
+/// The command that runs [`child_main`] from the current binary: `[current_exe, "__extract-pdf"]`.
+pub fn default_pdf_command() -> Vec<OsString> {
+    let exe = std::env::current_exe()
+        .map(OsString::from)
+        .or_else(|_| std::env::args_os().next().ok_or(()))
+        .unwrap_or_else(|()| OsString::from("sluice"));
+    vec![exe, OsString::from(CHILD_ARG)]
+}
+
+/// Call first thing in `main` of every binary that may be used as the PDF child: if the first
+/// argument is [`CHILD_ARG`], act as the child and exit; otherwise return and let `main` go on.
+pub fn run_child_if_requested() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == CHILD_ARG) {
+        child_main();
+    }
+}
+
+/// The child process: read a PDF from stdin, write a JSON reply to stdout, exit 0. Exits with a
+/// non-zero code only if stdin/stdout themselves fail.
+pub fn child_main() -> ! {
+    let code = match child_run() {
+        Ok(()) => 0,
+        Err(error) => {
+            // stderr is the only channel left; the parent shows its tail in the crash detail.
+            let _ = writeln!(io::stderr(), "pdf child i/o failed: {error}");
+            CHILD_IO_FAILURE
+        }
+    };
+    std::process::exit(code)
+}
+
+fn child_run() -> io::Result<()> {
+    let mut reply_channel = take_stdout_for_reply()?;
+    let mut bytes = Vec::new();
+    io::stdin().lock().read_to_end(&mut bytes)?;
+    let reply = match std::env::var(FAULT_ENV) {
+        Ok(fault) => inject_fault(&fault),
+        Err(_) => parse_catching_panics(&bytes),
+    };
+    serde_json::to_writer(&mut reply_channel, &reply).map_err(io::Error::other)?;
+    reply_channel.flush()
+}
+
+/// Duplicate fd 1 for the reply and point fd 1 at stderr, so a stray `println!` deep inside a
+/// parser dependency cannot corrupt the JSON reply.
+fn take_stdout_for_reply() -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    io::stdout().lock().flush()?;
+    // SAFETY: plain fd syscalls on the process's own standard descriptors; the duplicated fd is
+    // owned by the returned File and nothing else closes it.
+    unsafe {
+        let reply_fd = libc::dup(1);
+        if reply_fd < 0 || libc::dup2(2, 1) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::fs::File::from_raw_fd(reply_fd))
+    }
+}
+
+fn inject_fault(fault: &str) -> ChildReply {
+    match fault {
+        "abort" => std::process::abort(),
+        "stack-overflow" => {
+            let depth = recurse(0);
+            ChildReply::Failed {
+                detail: format!("recursion ended at depth {depth}"),
+            }
+        }
+        "hang" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        other => ChildReply::Failed {
+            detail: format!("unknown {FAULT_ENV} value {other:?}"),
+        },
+    }
+}
+
+/// Real, non-tail recursion with a 4 KiB frame: overflows any stack, as a deeply nested PDF does.
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth as u8; 4096]);
+    if depth == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + u64::from(std::hint::black_box(frame)[0])
+}
+
+fn parse_catching_panics(bytes: &[u8]) -> ChildReply {
+    match catch_unwind(AssertUnwindSafe(|| parse_pages(bytes))) {
+        Ok(Ok((doc, failed_pages))) => ChildReply::Ok { doc, failed_pages },
+        Ok(Err(detail)) => ChildReply::Corrupt { detail },
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            ChildReply::Corrupt {
+                detail: format!("parser panicked: {message}"),
+            }
+        }
+    }
+}
+
+type ParsedPdf = (ExtractedDoc, Vec<(u32, String)>);
+
+/// Parse in this process (only ever called in the child). One section per page, 1-based page
+/// numbers as in the document's page tree. A page the parser rejects is skipped and reported
+/// rather than silently ending the document (which is what pdf-extract's own by-pages helper
+/// does).
+fn parse_pages(bytes: &[u8]) -> Result<ParsedPdf, String> {
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    if doc.is_encrypted() {
+        // Many "encrypted" PDFs only restrict printing and open with the empty password.
+        doc.decrypt("")
+            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
+    }
+    let mut sections = Vec::new();
+    let mut failed_pages = Vec::new();
+    for &page in doc.get_pages().keys() {
+        let mut text = String::new();
+        let result = {
+            let mut output = pdf_extract::PlainTextOutput::new(&mut text);
+            pdf_extract::output_doc_page(&doc, &mut output, page)
+        };
+        match result {
+            Ok(()) => sections.push(Section {
+                text: tidy_page(&text),
+                page: Some(page),
+            }),
+            Err(error) => failed_pages.push((page, error.to_string())),
+        }
+    }
+    if sections.is_empty() {
+        return match failed_pages.first() {
+            Some((page, error)) => Err(format!("no readable page (page {page}: {error})")),
+            None => Err("the document has no pages".into()),
+        };
+    }
+    let title = info_title(&doc);
+    Ok((
+        ExtractedDoc {
+            format: DocFormat::Pdf,
+            title,
+            sections,
+        },
+        failed_pages,
+    ))
+}
+
+/// The `/Title` of the document information dictionary, if present and non-empty.
+fn info_title(doc: &pdf_extract::Document) -> Option<String> {
+    let info = doc.trailer.get_deref(b"Info", doc).ok()?.as_dict().ok()?;
+    let title = pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?;
+    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!title.is_empty()).then_some(title)
+}
+
+/// pdf-extract pads pages with blank lines and trailing spaces; keep the line structure, drop the
+/// padding.
+fn tidy_page(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    lines.join("\n").trim().to_string()
+}
+
+/// Extract a PDF in a child process with the time and memory limits from `settings`. The child
+/// is killed on timeout and when this future is dropped, and always reaped.
+pub async fn extract_in_child(
+    name: &str,
+    bytes: bytes::Bytes,
+    settings: &ExtractSettings,
+) -> Result<ExtractedDoc, ExtractError> {
+    let io_error = |source: io::Error| ExtractError::Io {
+        name: name.to_string(),
+        source,
+    };
+    let (program, args) = settings.pdf_command.split_first().ok_or_else(|| {
+        io_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pdf_command is empty",
+        ))
+    })?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let memory_limit = settings.pdf_memory_limit;
+    // SAFETY: the closure runs between fork and exec and only calls setrlimit, which is
+    // async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || limit_child_resources(memory_limit));
+    }
+    let started = Instant::now();
+    let mut child = command.spawn().map_err(io_error)?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    let exchange = async {
+        let write = async move {
+            if let Some(mut stdin) = stdin {
+                // A write error means the child died early; its exit status says why.
+                let _ = stdin.write_all(&bytes).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let (_, reply, stderr_tail) = tokio::join!(
+            write,
+            read_capped(stdout, MAX_REPLY_BYTES),
+            read_tail(stderr, STDERR_TAIL_BYTES)
+        );
+        let status = child.wait().await;
+        (reply, stderr_tail, status)
+    };
+    let outcome = tokio::time::timeout(settings.pdf_timeout, exchange).await;
+    let Ok((reply, stderr_tail, status)) = outcome else {
+        // Kill and reap, so no zombie is left behind.
+        let _ = child.kill().await;
+        tracing::debug!(name, timeout = ?settings.pdf_timeout, "pdf child killed on timeout");
+        return Err(ExtractError::Timeout {
+            name: name.to_string(),
+            timeout: settings.pdf_timeout,
+        });
+    };
+    let status = status.map_err(io_error)?;
+    tracing::debug!(name, elapsed = ?started.elapsed(), %status, "pdf child finished");
+    if !status.success() {
+        let detail = describe_failure(status, &stderr_tail, memory_limit);
+        return Err(ExtractError::Crashed {
+            name: name.to_string(),
+            detail,
+        });
+    }
+    let reply = match reply {
+        Ok(Some(reply)) => reply,
+        Ok(None) => {
+            return Err(ExtractError::Unsupported {
+                name: name.to_string(),
+                detail: format!(
+                    "extracted text exceeds the {} MiB limit",
+                    MAX_REPLY_BYTES >> 20
+                ),
+            });
+        }
+        Err(error) => return Err(io_error(error)),
+    };
+    match serde_json::from_slice::<ChildReply>(&reply) {
+        Ok(ChildReply::Ok { doc, failed_pages }) => {
+            for (page, error) in &failed_pages {
+                tracing::warn!(name, page, %error, "pdf page skipped: the parser could not read it");
+            }
+            Ok(doc)
+        }
+        Ok(ChildReply::Corrupt { detail }) => Err(ExtractError::Corrupt {
+            name: name.to_string(),
+            format: "PDF",
+            detail,
+        }),
+        Ok(ChildReply::Failed { detail }) => Err(ExtractError::Crashed {
+            name: name.to_string(),
+            detail,
+        }),
+        Err(error) => Err(ExtractError::Crashed {
+            name: name.to_string(),
+            detail: format!("unreadable reply from the pdf child: {error}"),
+        }),
+    }
+}
+
+/// Runs in the forked child before exec: cap the address space and disable core dumps (a crashing
+/// parser must not litter the working directory with multi-gigabyte core files).
+fn limit_child_resources(memory_limit: u64) -> io::Result<()> {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit with a valid pointer to a stack value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if memory_limit > 0 {
+        let limit = libc::rlimit {
+            rlim_cur: memory_limit,
+            rlim_max: memory_limit,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Read everything, or `Ok(None)` as soon as more than `cap` bytes arrive (dropping the pipe then
+/// makes the child's next write fail, so it exits instead of blocking).
+async fn read_capped(
+    pipe: Option<impl AsyncRead + Unpin>,
+    cap: u64,
+) -> io::Result<Option<Vec<u8>>> {
+    let Some(pipe) = pipe else {
+        return Ok(Some(Vec::new()));
+    };
+    let mut buf = Vec::new();
+    let read = pipe.take(cap + 1).read_to_end(&mut buf).await?;
+    Ok((read as u64 <= cap).then_some(buf))
+}
+
+/// Read to EOF keeping only the last `keep` bytes (reading on so the child never blocks on a full
+/// stderr pipe).
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> String {
+    let Some(mut pipe) = pipe else {
+        return String::new();
+    };
+    let mut tail = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+/// "killed by signal 6 (SIGABRT): memory allocation of 8 bytes failed" and the like.
+fn describe_failure(status: ExitStatus, stderr_tail: &str, memory_limit: u64) -> String {
+    let mut detail = match (status.signal(), status.code()) {
+        (Some(signal), _) => format!("killed by signal {signal} ({})", signal_name(signal)),
+        (None, Some(code)) => format!("exited with status {code}"),
+        (None, None) => format!("ended abnormally ({status})"),
+    };
+    let last_lines: Vec<&str> = stderr_tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(2)
+        .collect();
+    if !last_lines.is_empty() {
+        let message: String = last_lines.into_iter().rev().collect::<Vec<_>>().join("; ");
+        detail.push_str(": ");
+        detail.extend(message.chars().take(300));
+    }
+    if stderr_tail.contains("memory allocation of") {
+        detail.push_str(&format!(" (memory limit {} MiB)", memory_limit >> 20));
+    }
+    detail
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => "other signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_detail_names_the_signal_and_message() {
+        let status = ExitStatus::from_raw(libc::SIGABRT);
+        let detail = describe_failure(
+            status,
+            "noise\nmemory allocation of 64 bytes failed\n",
+            64 << 20,
+        );
+        assert_eq!(
+            detail,
+            "killed by signal 6 (SIGABRT): noise; memory allocation of 64 bytes failed (memory limit 64 MiB)"
+        );
+        let exited = ExitStatus::from_raw(3 << 8);
+        assert_eq!(describe_failure(exited, "", 0), "exited with status 3");
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_a_panic() {
+        assert!(matches!(
+            parse_catching_panics(b"%PDF-1.4\nnot really"),
+            ChildReply::Corrupt { .. }
+        ));
+    }
+
+    #[test]
+    fn default_command_reinvokes_this_binary() {
+        let command = default_pdf_command();
+        assert_eq!(command.len(), 2);
+        assert_eq!(command[1], CHILD_ARG);
+        assert_eq!(
+            std::path::PathBuf::from(&command[0]),
+            std::env::current_exe().unwrap()
+        );
+    }
+}

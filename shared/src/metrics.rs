@@ -1,0 +1,98 @@
+//! Every metric Sluice emits, named and described in one place (Prometheus naming: `_total`
+//! counters, `_seconds` histograms, outcomes as labels). Stages call the `metrics` macros with
+//! these names; [`install_prometheus`] sets up the recorder and its descriptions.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const DOCUMENTS_TOTAL: &str = "sluice_documents_total";
+pub const DOCUMENTS_FAILED_TOTAL: &str = "sluice_documents_failed_total";
+pub const CHUNKS_TOTAL: &str = "sluice_chunks_total";
+pub const TOKENS_TOTAL: &str = "sluice_embedded_tokens_total";
+pub const STAGE_SECONDS: &str = "sluice_stage_duration_seconds";
+pub const DOCUMENT_SECONDS: &str = "sluice_document_duration_seconds";
+pub const BYTES_READ_TOTAL: &str = "sluice_bytes_read_total";
+pub const IN_FLIGHT: &str = "sluice_documents_in_flight";
+pub const EMBED_REQUESTS_TOTAL: &str = "sluice_embed_requests_total";
+pub const EMBED_RETRIES_TOTAL: &str = "sluice_embed_retries_total";
+pub const EMBED_RATE_LIMITED_TOTAL: &str = "sluice_embed_rate_limited_total";
+pub const EMBED_REQUEST_SECONDS: &str = "sluice_embed_request_duration_seconds";
+pub const EMBED_TOKENS_TOTAL: &str = "sluice_embed_tokens_total";
+/// Scheduler: HTTP API requests, by route and status code.
+pub const API_REQUESTS_TOTAL: &str = "sluice_api_requests_total";
+/// Scheduler: jobs confirmed by the broker, by kind and source (`api`, `s3_events`, `watch`,
+/// `reindex`).
+pub const JOBS_PUBLISHED_TOTAL: &str = "sluice_jobs_published_total";
+/// Scheduler: S3 event notifications consumed, by outcome (`published`, `ignored`,
+/// `dead_lettered`, `rejected`).
+pub const S3_EVENTS_TOTAL: &str = "sluice_s3_events_total";
+
+/// Registers descriptions so `/metrics` carries HELP lines.
+pub fn describe() {
+    describe_counter!(
+        DOCUMENTS_TOTAL,
+        "Documents processed, by outcome (indexed, unchanged, failed, deleted)."
+    );
+    describe_counter!(DOCUMENTS_FAILED_TOTAL, "Failed documents, by reason.");
+    describe_counter!(CHUNKS_TOTAL, "Chunks written to the vector store.");
+    describe_counter!(TOKENS_TOTAL, "Tokens of the chunks written (cl100k count).");
+    describe_histogram!(
+        STAGE_SECONDS,
+        Unit::Seconds,
+        "Time spent per pipeline stage, by stage."
+    );
+    describe_histogram!(
+        DOCUMENT_SECONDS,
+        Unit::Seconds,
+        "Time to process one document end to end."
+    );
+    describe_counter!(BYTES_READ_TOTAL, Unit::Bytes, "Bytes read from sources.");
+    describe_gauge!(IN_FLIGHT, "Documents being processed right now.");
+    describe_counter!(
+        EMBED_REQUESTS_TOTAL,
+        "Embedding requests, by provider and outcome."
+    );
+    describe_counter!(
+        EMBED_RETRIES_TOTAL,
+        "Embedding request retries, by provider and reason."
+    );
+    describe_counter!(
+        EMBED_RATE_LIMITED_TOTAL,
+        "Embedding requests answered 429, by provider."
+    );
+    describe_histogram!(
+        EMBED_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Embedding request latency, by provider."
+    );
+    describe_counter!(
+        EMBED_TOKENS_TOTAL,
+        "Tokens billed by the embedding provider."
+    );
+    describe_counter!(
+        API_REQUESTS_TOTAL,
+        "Scheduler HTTP API requests, by route and status."
+    );
+    describe_counter!(
+        JOBS_PUBLISHED_TOTAL,
+        "Jobs published and confirmed by the broker, by kind and source."
+    );
+    describe_counter!(
+        S3_EVENTS_TOTAL,
+        "S3 event notifications consumed, by outcome."
+    );
+}
+
+/// Install the global Prometheus recorder (once per process) and return the handle that renders
+/// `/metrics`.
+pub fn install_prometheus() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ])
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}

@@ -1,0 +1,497 @@
+//! Store stage, embedded flavour: one qdrant-edge 0.7.2 [`EdgeShard`] per collection on local disk,
+//! for single-machine runs that need no Qdrant server. It passes the same contract suite as
+//! [`super::qdrant::QdrantStore`] (`loadtests/tests/vector_store_contract.rs`).
+//!
+//! Layout: `<data_dir>/LOCK` (exclusive `flock`, held for the store's lifetime: the shards are not
+//! safe to open from two processes) and `<data_dir>/collections/<name>/` (one shard; its
+//! `edge_config.json` records the vectors the collection was created with, which is how an
+//! incompatible [`CollectionSpec`] is detected after a restart).
+//!
+//! Durability: `EdgeShard::update` appends the operation to the shard's WAL (an mmap, not synced)
+//! and applies it to the in-memory segments; in 0.7.2 `EdgeShard::load` never replays that WAL, so
+//! nothing is durable until `EdgeShard::flush`, which syncs the WAL and every segment to disk. Every
+//! write here therefore ends with a flush before it returns, so "returns once applied" holds across
+//! a crash. Known 0.7.2 limitations: the WAL is never truncated (it grows with every byte written),
+//! and deleted points keep their space until [`EdgeStore::optimize`] runs.
+//!
+//! Every shard call blocks, so each runs in `spawn_blocking`. [`EdgeShards`] and [`EdgeCollection`]
+//! are public because the Qdrant-protocol stand-in in `loadtests` serves gRPC from the same shards.
+
+mod shards;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use qdrant_edge::{
+    Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
+    FieldCondition, Filter, Fusion, Match, Modifier, NamedQuery, OperationError, Payload,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
+    Prefetch, QueryEnum, QueryRequest, ScoredPoint, ScoringQuery, ScrollRequest,
+    SparseVector as EdgeSparse, UpdateOperation, ValueVariants, VectorInternal, VectorPersisted,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
+};
+
+use self::shards::json_path;
+pub use self::shards::{EdgeCollection, EdgeShards, edge_error, run_blocking};
+use super::{CollectionSpec, DENSE_VECTOR, SPARSE_VECTOR, SearchQuery, StoreError, VectorStore};
+use crate::model::{ChunkPayload, Point, SearchHit, SparseVector};
+
+/// Points per shard update: keeps each WAL record a few MB even with 1,024-dim vectors and
+/// full chunk texts (the WAL segment is 32 MiB).
+const UPDATE_BATCH: usize = 128;
+/// Page size when listing every point.
+const SCROLL_PAGE: usize = 256;
+/// Qdrant's default RRF constant (`DEFAULT_RRF_K` in the server and in qdrant-edge), so both
+/// stores rank hybrid results identically.
+pub const QDRANT_DEFAULT_RRF_K: usize = 2;
+/// Payload indexes every sluice collection gets when it is created, before any data.
+pub const PAYLOAD_INDEXES: [(&str, PayloadSchemaType); 3] = [
+    ("doc_id", PayloadSchemaType::Keyword),
+    ("tenant", PayloadSchemaType::Keyword),
+    // `delete_other_versions` filters on `version`.
+    ("version", PayloadSchemaType::Integer),
+];
+
+/// The embedded [`VectorStore`]: qdrant-edge shards under one data directory.
+#[derive(Clone)]
+pub struct EdgeStore {
+    shards: Arc<EdgeShards>,
+}
+
+impl std::fmt::Debug for EdgeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeStore")
+            .field("dir", &self.shards.dir())
+            .finish()
+    }
+}
+
+impl EdgeStore {
+    /// Open (creating if needed) the store in `data_dir`. Waits, without blocking the async
+    /// threads, while another process holds the directory.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Ok(EdgeStore {
+            shards: Arc::new(EdgeShards::open(data_dir).await?),
+        })
+    }
+
+    /// Run qdrant-edge's optimizers on a collection (vacuum deleted points, merge segments, build
+    /// HNSW once large enough). Blocking work off the async threads; call after a bulk load.
+    pub async fn optimize(&self, collection: &str) -> Result<(), StoreError> {
+        let shards = self.shards.clone();
+        let name = collection.to_string();
+        run_blocking(move || {
+            let coll = shards.require(&name)?;
+            coll.write(|shard| shard.optimize().map(|_| ()))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl VectorStore for EdgeStore {
+    async fn ensure_collection(&self, spec: &CollectionSpec) -> Result<(), StoreError> {
+        let shards = self.shards.clone();
+        let spec = spec.clone();
+        run_blocking(move || {
+            let (coll, created) = shards.create(&spec.name, spec_config(&spec), &PAYLOAD_INDEXES)?;
+            if created {
+                tracing::info!(collection = %spec.name, dense_dim = ?spec.dense_dim, "created edge collection");
+                return Ok(());
+            }
+            check_compatible(&spec, &coll.config())?;
+            // A collection created by an older build (or by the stand-in) may lack an index.
+            coll.ensure_indexes(&PAYLOAD_INDEXES)
+        })
+        .await
+    }
+
+    async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), StoreError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(points.len().div_ceil(UPDATE_BATCH));
+        let mut points = points.into_iter().peekable();
+        while points.peek().is_some() {
+            let batch = points
+                .by_ref()
+                .take(UPDATE_BATCH)
+                .map(to_edge_point)
+                .collect::<Result<Vec<_>, _>>()?;
+            ops.push(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+            ));
+        }
+        self.apply(collection, ops).await
+    }
+
+    async fn delete_other_versions(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        keep_version: i64,
+    ) -> Result<(), StoreError> {
+        let mut filter = doc_filter(doc_id)?;
+        filter.must_not = Some(vec![match_condition(
+            "version",
+            ValueVariants::Integer(keep_version),
+        )?]);
+        self.apply(
+            collection,
+            vec![UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(filter),
+            )],
+        )
+        .await
+    }
+
+    async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError> {
+        let filter = doc_filter(doc_id)?;
+        self.apply(
+            collection,
+            vec![UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(filter),
+            )],
+        )
+        .await
+    }
+
+    async fn count(&self, collection: &str, doc_id: Option<&str>) -> Result<u64, StoreError> {
+        let filter = doc_id.map(doc_filter).transpose()?;
+        let request = qdrant_edge::CountRequest {
+            filter,
+            exact: true,
+        };
+        let n = self
+            .read(collection, move |shard| shard.count(request))
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn list_points(
+        &self,
+        collection: &str,
+    ) -> Result<Vec<(uuid::Uuid, String, i64)>, StoreError> {
+        let fields = vec![json_path("doc_id")?, json_path("version")?];
+        self.read(collection, move |shard| {
+            let mut out = Vec::new();
+            let mut offset = None;
+            loop {
+                let (records, next) = shard.scroll(ScrollRequest {
+                    offset,
+                    limit: Some(SCROLL_PAGE),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Fields(fields.clone())),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })?;
+                out.extend(records.into_iter().map(|r| (r.id, r.payload)));
+                match next {
+                    Some(next) => offset = Some(next),
+                    None => return Ok(out),
+                }
+            }
+        })
+        .await?
+        .into_iter()
+        .map(|(id, payload)| {
+            let id = point_uuid(id)?;
+            let map = payload.map(|p| p.0).unwrap_or_default();
+            let doc_id = map
+                .get("doc_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let version = map.get("version").and_then(|v| v.as_i64());
+            match (doc_id, version) {
+                (Some(doc_id), Some(version)) => Ok((id, doc_id, version)),
+                _ => Err(StoreError::Internal(format!(
+                    "point {id} has no doc_id/version payload"
+                ))),
+            }
+        })
+        .collect()
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        query: &SearchQuery,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        if query.top_k == 0 {
+            return Ok(Vec::new());
+        }
+        let query = query.clone();
+        let filter = query
+            .tenant
+            .as_deref()
+            .map(|t| match_condition("tenant", ValueVariants::String(t.to_string())))
+            .transpose()?;
+        let filter = filter.map(Filter::new_must);
+        let shards = self.shards.clone();
+        let name = collection.to_string();
+        let points = run_blocking(move || {
+            let coll = shards.require(&name)?;
+            let has_dense = coll.config().vectors.contains_key(DENSE_VECTOR);
+            let request = build_query(&name, has_dense, &query, filter)?;
+            coll.read(|shard| shard.query(request))
+        })
+        .await?;
+        points.into_iter().map(to_hit).collect()
+    }
+}
+
+impl EdgeStore {
+    async fn apply(&self, collection: &str, ops: Vec<UpdateOperation>) -> Result<(), StoreError> {
+        let shards = self.shards.clone();
+        let name = collection.to_string();
+        run_blocking(move || shards.require(&name)?.apply(ops)).await
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        collection: &str,
+        f: impl FnOnce(&EdgeShard) -> Result<R, OperationError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let shards = self.shards.clone();
+        let name = collection.to_string();
+        run_blocking(move || shards.require(&name)?.read(f)).await
+    }
+}
+
+/// The edge configuration for a sluice collection: `dense` (cosine) when `dense_dim` is set, and
+/// `bm25` sparse with the IDF modifier.
+pub fn spec_config(spec: &CollectionSpec) -> EdgeConfig {
+    let mut builder = EdgeConfig::builder().sparse_vector(
+        SPARSE_VECTOR,
+        EdgeSparseVectorParams::builder()
+            .modifier(Modifier::Idf)
+            .build(),
+    );
+    if let Some(dim) = spec.dense_dim {
+        builder = builder.vector(
+            DENSE_VECTOR,
+            EdgeVectorParams::builder(dim as usize, Distance::Cosine).build(),
+        );
+    }
+    builder.build()
+}
+
+/// `Incompatible` unless `config` has exactly the vectors `spec` asks for.
+fn check_compatible(spec: &CollectionSpec, config: &EdgeConfig) -> Result<(), StoreError> {
+    let dense_ok = match (spec.dense_dim, config.vectors.get(DENSE_VECTOR)) {
+        (Some(dim), Some(v)) => v.size as u64 == dim && v.distance == Distance::Cosine,
+        (None, None) => true,
+        (Some(_), None) | (None, Some(_)) => false,
+    };
+    let sparse_ok = config
+        .sparse_vectors
+        .get(SPARSE_VECTOR)
+        .is_some_and(|s| s.modifier == Some(Modifier::Idf));
+    let extra = config.vectors.len() > usize::from(spec.dense_dim.is_some())
+        || config.sparse_vectors.len() > 1;
+    if dense_ok && sparse_ok && !extra {
+        return Ok(());
+    }
+    let mut have: Vec<String> = config
+        .vectors
+        .iter()
+        .map(|(n, v)| format!("{n:?} dense {} {:?}", v.size, v.distance))
+        .collect();
+    have.extend(
+        config
+            .sparse_vectors
+            .iter()
+            .map(|(n, s)| format!("{n:?} sparse modifier {:?}", s.modifier)),
+    );
+    have.sort();
+    let want = match spec.dense_dim {
+        Some(dim) => format!(
+            "\"{DENSE_VECTOR}\" dense {dim} Cosine, \"{SPARSE_VECTOR}\" sparse modifier Idf"
+        ),
+        None => format!("no dense vector, \"{SPARSE_VECTOR}\" sparse modifier Idf"),
+    };
+    Err(StoreError::Incompatible {
+        name: spec.name.clone(),
+        detail: format!(
+            "it has [{}], this configuration needs [{want}]",
+            have.join(", ")
+        ),
+    })
+}
+
+fn match_condition(field: &str, value: ValueVariants) -> Result<Condition, StoreError> {
+    Ok(Condition::Field(FieldCondition::new_match(
+        json_path(field)?,
+        Match::new_value(value),
+    )))
+}
+
+fn doc_filter(doc_id: &str) -> Result<Filter, StoreError> {
+    Ok(Filter::new_must(match_condition(
+        "doc_id",
+        ValueVariants::String(doc_id.to_string()),
+    )?))
+}
+
+fn edge_sparse(sparse: &SparseVector) -> Result<EdgeSparse, StoreError> {
+    let mut v = EdgeSparse::new(sparse.indices.clone(), sparse.values.clone())
+        .map_err(|e| StoreError::Rejected(format!("invalid sparse vector: {e}")))?;
+    v.sort_by_indices();
+    Ok(v)
+}
+
+fn to_edge_point(point: Point) -> Result<PointStructPersisted, StoreError> {
+    let mut vectors = HashMap::new();
+    if let Some(dense) = point.vectors.dense {
+        vectors.insert(DENSE_VECTOR.to_string(), VectorPersisted::Dense(dense));
+    }
+    vectors.insert(
+        SPARSE_VECTOR.to_string(),
+        VectorPersisted::Sparse(edge_sparse(&point.vectors.sparse)?),
+    );
+    let payload = match serde_json::to_value(&point.payload) {
+        Ok(serde_json::Value::Object(map)) => Payload(map),
+        Ok(other) => {
+            return Err(StoreError::Rejected(format!(
+                "payload serialised to {other}, not an object"
+            )));
+        }
+        Err(e) => {
+            return Err(StoreError::Rejected(format!(
+                "payload of point {}: {e}",
+                point.id
+            )));
+        }
+    };
+    Ok(PointStructPersisted {
+        id: PointId::Uuid(point.id),
+        vector: VectorStructPersisted::Named(vectors),
+        payload: Some(payload),
+    })
+}
+
+fn build_query(
+    collection: &str,
+    has_dense: bool,
+    query: &SearchQuery,
+    filter: Option<Filter>,
+) -> Result<QueryRequest, StoreError> {
+    let nearest = |name: &str, v: VectorInternal| {
+        ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+            query: v,
+            using: Some(name.to_string()),
+        }))
+    };
+    let sparse = nearest(
+        SPARSE_VECTOR,
+        VectorInternal::Sparse(edge_sparse(&query.sparse)?),
+    );
+    let dense = match (&query.dense, has_dense) {
+        (Some(v), true) => Some(nearest(DENSE_VECTOR, VectorInternal::Dense(v.clone()))),
+        (Some(_), false) => {
+            return Err(StoreError::Rejected(format!(
+                "collection {collection:?} has no dense vector to search"
+            )));
+        }
+        (None, true) | (None, false) => None,
+    };
+    let (prefetches, scoring) = match dense {
+        // An empty sparse query matches nothing; rank by the dense vector alone.
+        Some(dense) if query.sparse.indices.is_empty() => (Vec::new(), dense),
+        Some(dense) => {
+            let prefetch = |q| Prefetch {
+                prefetches: Vec::new(),
+                query: Some(q),
+                limit: query.prefetch_limit(),
+                params: None,
+                filter: None,
+                score_threshold: None,
+            };
+            (
+                vec![prefetch(dense), prefetch(sparse)],
+                ScoringQuery::Fusion(Fusion::Rrf {
+                    k: QDRANT_DEFAULT_RRF_K,
+                    weights: None,
+                }),
+            )
+        }
+        None => (Vec::new(), sparse),
+    };
+    Ok(QueryRequest {
+        prefetches,
+        query: Some(scoring),
+        // Propagated into the prefetches by the query planner, as in the Qdrant server.
+        filter,
+        score_threshold: None,
+        limit: query.top_k,
+        offset: 0,
+        params: None,
+        with_vector: WithVector::Bool(false),
+        with_payload: WithPayloadInterface::Bool(true),
+    })
+}
+
+fn point_uuid(id: PointId) -> Result<uuid::Uuid, StoreError> {
+    match id {
+        PointId::Uuid(u) => Ok(u),
+        PointId::NumId(n) => Err(StoreError::Internal(format!(
+            "point id {n} is not a UUID; not written by sluice"
+        ))),
+    }
+}
+
+fn to_hit(point: ScoredPoint) -> Result<SearchHit, StoreError> {
+    let id = point_uuid(point.id)?;
+    let map = point.payload.map(|p| p.0).unwrap_or_default();
+    let payload: ChunkPayload =
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+            StoreError::Internal(format!("point {id} payload is not a sluice chunk: {e}"))
+        })?;
+    Ok(SearchHit {
+        id,
+        score: point.score,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::edge::shards::validate_name;
+
+    #[test]
+    fn names_that_escape_the_data_dir_are_rejected() {
+        for bad in ["", "..", ".hidden", "a/b", "../x", "a b"] {
+            assert!(
+                matches!(validate_name(bad), Err(StoreError::Rejected(_))),
+                "{bad:?}"
+            );
+        }
+        validate_name("docs-v2_en.1").unwrap();
+    }
+
+    #[test]
+    fn compatibility_names_both_sides() {
+        let spec = CollectionSpec {
+            name: "c".into(),
+            dense_dim: Some(8),
+        };
+        check_compatible(&spec, &spec_config(&spec)).unwrap();
+        let other = CollectionSpec {
+            name: "c".into(),
+            dense_dim: Some(16),
+        };
+        let err = check_compatible(&other, &spec_config(&spec))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dense 8") && err.contains("dense 16"), "{err}");
+        let bm25_only = CollectionSpec {
+            name: "c".into(),
+            dense_dim: None,
+        };
+        assert!(check_compatible(&bm25_only, &spec_config(&spec)).is_err());
+        assert!(check_compatible(&spec, &spec_config(&bm25_only)).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! What to do with one job: run it through the pipeline and decide how the delivery is settled.
+//! Pure decision-making (no acks here), so the rules read in one place:
+//! - success → ack;
+//! - malformed JSON, unknown schema version or kind, invalid fields → dead-letter at once;
+//! - a permanent pipeline failure (bad input, missing object) → dead-letter at once (the reason is
+//!   already recorded on the document);
+//! - a transient one (provider 429/5xx, Qdrant or database unavailable) → delayed retry with the
+//!   attempt count, dead-lettered once `SLUICE_MAX_ATTEMPTS` retries are spent;
+//! - another run holds the document → delayed retry that does not spend an attempt.
+
+use std::sync::Arc;
+
+use sluice_shared::job::{DeleteTarget, IndexJob, Job, JobSpec, ReindexJob};
+use sluice_shared::metadata::DocumentCursor;
+use sluice_shared::pipeline::{Pipeline, PipelineError};
+use sluice_shared::queue::Publisher;
+use sluice_shared::reindex;
+use sluice_shared::source::Source;
+
+/// How a delivery is to be settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Ack,
+    Retry { attempt: u32, reason: String },
+    DeadLetter { reason: String, kind: &'static str },
+}
+
+/// What a handler needs besides the job.
+pub struct Context {
+    pub pipeline: Arc<Pipeline>,
+    pub publisher: Arc<Publisher>,
+    pub default_collection: String,
+    pub default_tenant: Option<String>,
+    pub max_file_size: u64,
+    pub max_attempts: u32,
+}
+
+/// Documents per page when fanning out a re-index.
+const REINDEX_PAGE: usize = 500;
+
+/// The parsed job (if it parsed) and the decision.
+pub async fn handle(ctx: &Context, body: &[u8], attempt: u32) -> (Option<Job>, Decision) {
+    let job = match Job::parse(body) {
+        Ok(job) => job,
+        Err(e) => {
+            return (
+                None,
+                Decision::DeadLetter {
+                    reason: e.to_string(),
+                    kind: e.kind(),
+                },
+            );
+        }
+    };
+    let decision = match &job.spec {
+        JobSpec::Index(index) => index_document(ctx, index, attempt).await,
+        JobSpec::Delete(delete) => {
+            let collection = delete
+                .collection
+                .clone()
+                .unwrap_or_else(|| ctx.default_collection.clone());
+            on_error(
+                ctx,
+                attempt,
+                delete_documents(ctx, &collection, &delete.target).await,
+            )
+        }
+        JobSpec::Reindex(reindex) => fan_out(ctx, reindex, attempt).await,
+    };
+    (Some(job), decision)
+}
+
+async fn index_document(ctx: &Context, index: &IndexJob, attempt: u32) -> Decision {
+    let job = index.to_document_job(&ctx.default_collection, ctx.default_tenant.as_deref());
+    let fetched = Source::read_uri(&job.source, ctx.max_file_size).await;
+    on_error(
+        ctx,
+        attempt,
+        ctx.pipeline.index(&job, fetched).await.map(|_| ()),
+    )
+}
+
+async fn delete_documents(
+    ctx: &Context,
+    collection: &str,
+    target: &DeleteTarget,
+) -> Result<(), PipelineError> {
+    match target {
+        DeleteTarget::DocId(doc_id) => ctx.pipeline.delete(collection, doc_id).await,
+        DeleteTarget::SourcePrefix(prefix) => {
+            for doc in ctx
+                .pipeline
+                .metadata
+                .list_by_source_prefix(collection, prefix)
+                .await?
+            {
+                ctx.pipeline.delete(collection, &doc.doc_id).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Re-index jobs that reach a worker (published raw, not through `sluice reindex`) are fanned out
+/// here into one confirmed index job per matching document, with the same selection and jobs as
+/// `sluice reindex` (but no queue-depth hold-back and no saved cursor: a retry starts over).
+async fn fan_out(ctx: &Context, reindex: &ReindexJob, attempt: u32) -> Decision {
+    let filter = reindex::filter_of(reindex);
+    let mut after: Option<DocumentCursor> = None;
+    loop {
+        let page = match ctx
+            .pipeline
+            .metadata
+            .list_documents(&filter, after.as_ref(), REINDEX_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => return on_error(ctx, attempt, Err(e.into())),
+        };
+        let Some(last) = page.last() else {
+            return Decision::Ack;
+        };
+        after = Some(DocumentCursor {
+            collection: last.collection.clone(),
+            doc_id: last.doc_id.clone(),
+        });
+        let jobs = match page
+            .iter()
+            .map(|doc| reindex::index_job(doc, reindex.force))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                return Decision::DeadLetter {
+                    reason: e.to_string(),
+                    kind: e.kind(),
+                };
+            }
+        };
+        if let Err(e) = reindex::publish_jobs(&ctx.publisher, &jobs).await {
+            // Already-published index jobs are harmless to repeat (unchanged documents are
+            // skipped), so retrying the whole fan-out is safe.
+            return retry_or_give_up(ctx, attempt, e.to_string(), "publish");
+        }
+    }
+}
+
+fn on_error(ctx: &Context, attempt: u32, result: Result<(), PipelineError>) -> Decision {
+    match result {
+        Ok(()) => Decision::Ack,
+        // Not a failure of this job: the holder finishes or its lease runs out within seconds.
+        Err(e @ PipelineError::Busy { .. }) => Decision::Retry {
+            attempt,
+            reason: e.to_string(),
+        },
+        Err(e) if e.is_retryable() => retry_or_give_up(ctx, attempt, e.to_string(), e.kind()),
+        Err(e) => Decision::DeadLetter {
+            reason: e.to_string(),
+            kind: e.kind(),
+        },
+    }
+}
+
+fn retry_or_give_up(ctx: &Context, attempt: u32, reason: String, kind: &'static str) -> Decision {
+    if attempt < ctx.max_attempts {
+        Decision::Retry {
+            attempt: attempt + 1,
+            reason,
+        }
+    } else {
+        Decision::DeadLetter {
+            reason: format!("gave up after {attempt} retries: {reason}"),
+            kind,
+        }
+    }
+}

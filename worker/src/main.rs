@@ -1,0 +1,70 @@
+//! `sluice-worker`: consumes jobs from RabbitMQ and runs the per-document pipeline, acking only
+//! after Qdrant and the metadata store hold the result. Thin by design: load settings, start
+//! logging, run [`service::run`] until SIGTERM/SIGINT.
+
+mod handler;
+mod service;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice_shared::config::Settings;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-worker",
+    version,
+    about = "Consume Sluice jobs from RabbitMQ"
+)]
+struct Cli {
+    /// TOML configuration file (environment variables win).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    // The PDF extraction child is this same binary; it must branch off before anything else runs.
+    sluice_shared::extract::pdf::run_child_if_requested();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref()).context("invalid configuration")?;
+    sluice_shared::telemetry::init(settings.log_format, "warn,qdrant_edge=error,sluice=info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        service::run(settings, shutdown).await
+    })
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping intake"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping intake"),
+    }
+    shutdown.cancel();
+}
