@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -24,6 +25,7 @@ pub struct Fleet {
     pub db: TestDatabase,
     pub qdrant_url: String,
     pub docs: tempfile::TempDir,
+    workers_started: AtomicUsize,
     standin: Option<crate::standin::StandinHandle>,
     // Declared after `standin` is shut down by `finish`, so its shards flush before the folder goes.
     _standin_dir: tempfile::TempDir,
@@ -37,11 +39,7 @@ impl Fleet {
             .await
             .expect("start qdrant-standin");
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let env: HashMap<String, String> = [
             ("SLUICE_QUEUE_PREFIX", prefix.clone()),
             ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "1,2".into()),
@@ -68,15 +66,21 @@ impl Fleet {
             db,
             qdrant_url: format!("http://{addr}"),
             docs: tempfile::tempdir().unwrap(),
+            workers_started: AtomicUsize::new(0),
             standin: Some(standin),
             _standin_dir: standin_dir,
         }
     }
 
-    /// A `sluice-worker` process with this fleet's environment; stderr piped for [`stop`].
+    /// A `sluice-worker` process with this fleet's environment; stderr piped for [`stop`]. The
+    /// first one listens on `SLUICE_HTTP_LISTEN` from [`Self::env`]; later ones, which would
+    /// collide with it, on free ports of their own.
     pub fn worker(&self) -> Child {
-        self.command("sluice-worker")
-            .stdout(Stdio::null())
+        let mut cmd = self.command("sluice-worker");
+        if self.workers_started.fetch_add(1, Ordering::Relaxed) > 0 {
+            cmd.env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()));
+        }
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sluice-worker")
@@ -222,6 +226,14 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         delete_topology(&self.settings.fleet.queue);
     }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
 }
 
 /// A binary of this workspace, from the target directory the running test executable lives in

@@ -23,6 +23,23 @@ pub trait ReadinessCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// Ready only while the metadata store answers a query (the worker's and the scheduler's check).
+pub struct MetadataCheck(pub Arc<dyn crate::metadata::MetadataStore>);
+
+#[async_trait]
+impl ReadinessCheck for MetadataCheck {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0
+            .get("-", "-")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// A check answers within this or counts as failed: a hung dependency must not hang the probe.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 

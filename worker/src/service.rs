@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sluice_shared::config::Settings;
-use sluice_shared::metadata::MetadataStore;
-use sluice_shared::ops::{self, ReadinessCheck};
+use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
 use sluice_shared::queue::{self, Consumer, Delivery, Publisher};
 use sluice_shared::store::{StoreError, VectorStore};
 use sluice_shared::wiring;
@@ -235,21 +234,6 @@ impl ReadinessCheck for BrokerCheck {
     }
 }
 
-struct MetadataCheck(Arc<dyn MetadataStore>);
-
-#[async_trait]
-impl ReadinessCheck for MetadataCheck {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0
-            .get("-", "-")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}
 
 struct StoreCheck(Arc<dyn VectorStore>, String);
 

@@ -10,6 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Pause between two plain progress lines when stderr is not a terminal.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// `{per_sec:1}`: indicatif reads the width of `per_sec` as its number of decimals.
+const BAR_TEMPLATE: &str =
+    "{spinner} reindex [{bar:30}] {pos}/{len} docs  {per_sec:1}  ETA {eta}  {msg}";
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
@@ -27,11 +31,9 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} reindex [{bar:30}] {pos}/{len} docs  {per_sec:.1}  ETA {eta}  {msg}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template(BAR_TEMPLATE)
+                    .expect("static template")
+                    .progress_chars("=> "),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
@@ -103,5 +105,66 @@ impl Progress {
             "reindex: {}/{} docs published, {rate:.1} docs/s, ETA {eta}{waiting}",
             self.done, self.total
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use indicatif::{ProgressDrawTarget, TermLike};
+
+    use super::*;
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            200
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(s)
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_bar_shows_counts_rate_eta_and_why_it_waits() {
+        let screen = Screen::default();
+        let bar = ProgressBar::with_draw_target(
+            Some(10),
+            ProgressDrawTarget::term_like(Box::new(screen.clone())),
+        );
+        bar.set_style(ProgressStyle::with_template(BAR_TEMPLATE).expect("template parses"));
+        bar.set_position(4);
+        bar.set_message("waiting: queue depth 8 > 5");
+        bar.force_draw();
+        let shown = screen.0.lock().unwrap().clone();
+        for part in ["4/10 docs", "/s", "ETA", "waiting: queue depth 8 > 5"] {
+            assert!(shown.contains(part), "{part:?} missing from {shown:?}");
+        }
     }
 }

@@ -25,8 +25,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sluice_shared::config::Settings;
-use sluice_shared::metadata::MetadataStore;
-use sluice_shared::ops::{self, ReadinessCheck};
+use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
 use sluice_shared::queue::{self, Publisher};
 use sluice_shared::wiring;
 use tokio::task::JoinSet;
@@ -201,19 +200,3 @@ impl ReadinessCheck for BrokerCheck {
     }
 }
 
-/// Ready only while the metadata store answers a query (the same probe as the worker's).
-struct MetadataCheck(Arc<dyn MetadataStore>);
-
-#[async_trait]
-impl ReadinessCheck for MetadataCheck {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0
-            .get("-", "-")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}

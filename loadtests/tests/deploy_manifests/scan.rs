@@ -1,0 +1,293 @@
+//! Reading `deploy/` and the Rust sources: file discovery and parsing, the catalogue of metric
+//! names and settings the code defines, and the scanners that find names in manifests and PromQL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("loadtests/ sits in the workspace root")
+        .to_path_buf()
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let entries =
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("reading {}: {e}", d.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn has_ext(path: &Path, exts: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| exts.contains(&e))
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every document of every YAML file under `deploy/` (multi-document files split, `<<` merge keys
+/// applied as Docker Compose does), with its path.
+pub fn yaml_docs(dir: &Path) -> Vec<(PathBuf, Value)> {
+    let mut out = Vec::new();
+    for path in files_under(dir)
+        .into_iter()
+        .filter(|p| has_ext(p, &["yaml", "yml"]))
+    {
+        let text = read(&path);
+        for de in serde_yaml::Deserializer::from_str(&text) {
+            let mut doc = Value::deserialize(de)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+            doc.apply_merge()
+                .unwrap_or_else(|e| panic!("{}: bad merge key: {e}", path.display()));
+            if !doc.is_null() {
+                out.push((path.clone(), doc));
+            }
+        }
+    }
+    out
+}
+
+pub fn json_docs(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| has_ext(p, &["json"]))
+        .map(|path| {
+            let doc = serde_json::from_str(&read(&path))
+                .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
+            (path, doc)
+        })
+        .collect()
+}
+
+/// The Rust sources of the binaries and their library: (path, text).
+pub fn rust_sources() -> Vec<(PathBuf, String)> {
+    ["shared/src", "worker/src", "scheduler/src"]
+        .iter()
+        .flat_map(|d| files_under(&repo().join(d)))
+        .filter(|p| has_ext(p, &["rs"]))
+        .map(|p| {
+            let text = read(&p);
+            (p, text)
+        })
+        .collect()
+}
+
+pub fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The string literal starting at `text[at]` (which must be `"`), if it is a plain one.
+pub fn literal_at(text: &str, at: usize) -> Option<&str> {
+    let rest = text.get(at..)?.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    Some(&rest[..end])
+}
+
+/// Metric names the code can emit, and which of them are histograms (exported as `_bucket`,
+/// `_sum` and `_count` series, never under the bare name).
+pub struct MetricCatalog {
+    pub names: BTreeSet<String>,
+    pub histograms: BTreeSet<String>,
+}
+
+impl MetricCatalog {
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Self {
+        let mut names = BTreeSet::new();
+        let mut consts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (_, text) in sources {
+            for (at, _) in text.match_indices("\"sluice_") {
+                if let Some(lit) = literal_at(text, at).filter(|l| l.chars().all(is_ident)) {
+                    names.insert(lit.to_string());
+                }
+            }
+            // `const NAME: &str = "sluice_...";` — stages refer to names through constants.
+            for line in text.lines() {
+                let line = line.trim_start();
+                let line = line.strip_prefix("pub ").unwrap_or(line);
+                let Some(decl) = line.strip_prefix("const ") else {
+                    continue;
+                };
+                let Some((ident, value)) = decl.split_once(": &str = ") else {
+                    continue;
+                };
+                if let Some(lit) = value.find('"').and_then(|i| literal_at(value, i)) {
+                    consts
+                        .entry(ident.trim().to_string())
+                        .or_default()
+                        .insert(lit.to_string());
+                }
+            }
+        }
+        let mut histograms = BTreeSet::new();
+        for (_, text) in sources {
+            // Matches `histogram!(` and `describe_histogram!(` alike.
+            for (at, pat) in text.match_indices("histogram!(") {
+                let arg = text[at + pat.len()..].trim_start();
+                if arg.starts_with('"') {
+                    histograms.extend(literal_at(arg, 0).map(str::to_string));
+                } else {
+                    let path: String = arg
+                        .chars()
+                        .take_while(|c| is_ident(*c) || *c == ':')
+                        .collect();
+                    let ident = path.rsplit("::").next().unwrap_or_default();
+                    histograms.extend(consts.get(ident).into_iter().flatten().cloned());
+                }
+            }
+        }
+        histograms.retain(|h| names.contains(h));
+        MetricCatalog { names, histograms }
+    }
+
+    /// Why `series` (a name used in PromQL) is not something the code exports, if it is not.
+    pub fn problem(&self, series: &str) -> Option<String> {
+        if self.names.contains(series) {
+            return self.histograms.contains(series).then(|| {
+                format!("{series} is a histogram: query {series}_bucket, _sum or _count")
+            });
+        }
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = series.strip_suffix(suffix) {
+                if self.histograms.contains(base) {
+                    return None;
+                }
+                if self.names.contains(base) {
+                    return Some(format!(
+                        "{base} is not a histogram, so {series} does not exist"
+                    ));
+                }
+            }
+        }
+        Some(format!(
+            "{series} is not emitted anywhere in shared/, worker/ or scheduler/"
+        ))
+    }
+}
+
+/// `sluice_*` series names in a PromQL expression.
+pub fn sluice_series(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (at, _) in expr.match_indices("sluice_") {
+        if expr[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        out.insert(expr[at..].chars().take_while(|c| is_ident(*c)).collect());
+    }
+    out
+}
+
+/// Every `SLUICE_*` environment variable the binaries read: the loader's `get/opt/secs/size/secret`
+/// names in shared/src/config (plus `_FILE` for secrets), and full `"SLUICE_..."` literals anywhere
+/// (SLUICE_LOG, SLUICE_CONFIG and the names errors report).
+pub fn known_settings(sources: &[(PathBuf, String)]) -> BTreeSet<String> {
+    let mut known = BTreeSet::new();
+    for (path, text) in sources {
+        for (at, _) in text.match_indices("\"SLUICE_") {
+            if let Some(lit) = literal_at(text, at).filter(|l| l.chars().all(is_ident)) {
+                known.insert(lit.to_string());
+            }
+        }
+        if !path.components().any(|c| c.as_os_str() == "config") {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for method in ["get", "opt", "secs", "size", "secret"] {
+            for (at, pat) in code.match_indices(&format!(".{method}")) {
+                let mut rest = &code[at + pat.len()..];
+                if let Some(generic) = rest.strip_prefix("::<") {
+                    rest = generic.split_once('>').map_or("", |(_, r)| r);
+                }
+                let Some(arg) = rest.strip_prefix('(') else {
+                    continue;
+                };
+                let Some(name) = literal_at(arg, 0).filter(|n| {
+                    !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                }) else {
+                    continue;
+                };
+                let env = format!("SLUICE_{}", name.to_ascii_uppercase());
+                if method == "secret" {
+                    known.insert(format!("{env}_FILE"));
+                }
+                known.insert(env);
+            }
+        }
+    }
+    known
+}
+
+/// `SLUICE_*` names mentioned in `text`, skipping patterns such as `SLUICE_QUEUE_*` or `SLUICE_<NAME>`.
+pub fn sluice_env_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (at, _) in text.match_indices("SLUICE_") {
+        if text[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let name: String = text[at..].chars().take_while(|c| is_ident(*c)).collect();
+        let next = text[at + name.len()..].chars().next();
+        if name.ends_with('_') || matches!(next, Some('*' | '<')) {
+            continue;
+        }
+        out.insert(name);
+    }
+    out
+}
+
+pub fn collect_exprs_yaml(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v.as_str()) {
+                    (Some("expr"), Some(expr)) => out.push(expr.to_string()),
+                    _ => collect_exprs_yaml(v, out),
+                }
+            }
+        }
+        Value::Sequence(s) => s.iter().for_each(|v| collect_exprs_yaml(v, out)),
+        _ => {}
+    }
+}
+
+pub fn collect_exprs_json(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v.as_str()) {
+                    ("expr", Some(expr)) => out.push(expr.to_string()),
+                    _ => collect_exprs_json(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs_json(v, out)),
+        _ => {}
+    }
+}
+
+pub fn str_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
