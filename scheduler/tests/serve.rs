@@ -391,3 +391,42 @@ async fn the_api_key_guards_v1_but_not_the_probes_and_is_never_logged() {
     assert!(!stderr.contains(&key), "the API key leaked into the log");
     fleet.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_watches_the_configured_locations() {
+    let mut fleet = Fleet::new().await;
+    let watched = fleet.docs.path().join("inbox");
+    std::fs::create_dir(&watched).unwrap();
+    fleet
+        .env
+        .insert("SLUICE_WATCH".into(), watched.display().to_string());
+    fleet
+        .env
+        .insert("SLUICE_WATCH_INTERVAL_SECS".into(), "1".into());
+    let serve = Serve::start(&mut fleet).await;
+    let worker = fleet.worker();
+
+    std::fs::write(
+        watched.join("dropped.md"),
+        format!("# Dropped\n\n{}", paragraphs("kayaks", 12)),
+    )
+    .unwrap();
+    fleet
+        .wait_for(Duration::from_secs(60), "the dropped file indexed", |c| {
+            c.get(&DocStatus::Indexed) == Some(&1)
+        })
+        .await;
+    std::fs::remove_file(watched.join("dropped.md")).unwrap();
+    fleet
+        .wait_for(Duration::from_secs(60), "the removed file deleted", |c| {
+            c.get(&DocStatus::Deleted) == Some(&1) && c.get(&DocStatus::Indexed) == Some(&0)
+        })
+        .await;
+    assert!(fleet.points().await.is_empty(), "its chunks are gone");
+
+    let (code, stderr) = stop(worker, Duration::from_secs(30));
+    assert_eq!(code, 0, "worker: {stderr}");
+    let (code, stderr) = serve.terminate(Duration::from_secs(30));
+    assert_eq!(code, 0, "sluice serve exit code; stderr:\n{stderr}");
+    fleet.finish().await;
+}

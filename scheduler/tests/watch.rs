@@ -211,6 +211,13 @@ async fn watch_lifecycle(fleet: &Fleet, place: &Place, break_listing: impl Fn() 
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert!(jobs[0].ends_with(&format!(" new {b}")), "{jobs:?}");
 
+    // Indexed before the location breaks below, or the worker could not read it.
+    eventually(Duration::from_secs(60), "b.md indexed", || async {
+        let record = metadata.get("fleet", &b).await.unwrap()?;
+        (record.status == DocStatus::Indexed).then_some(())
+    })
+    .await;
+
     // A location that cannot be listed: reported, and nothing is deleted.
     let repair = break_listing();
     let (code, jobs, stderr) = watch_once(fleet, &place.location);
@@ -224,11 +231,6 @@ async fn watch_lifecycle(fleet: &Fleet, place: &Place, break_listing: impl Fn() 
     let (code, jobs, stderr) = watch_once(fleet, &place.location);
     assert_eq!((code, jobs.len()), (0, 0), "{jobs:?}: {stderr}");
 
-    eventually(Duration::from_secs(60), "b.md indexed", || async {
-        let record = metadata.get("fleet", &b).await.unwrap()?;
-        (record.status == DocStatus::Indexed).then_some(())
-    })
-    .await;
     for doc in [&keep, &b] {
         assert_eq!(
             versions(fleet, doc).await.len(),

@@ -103,19 +103,15 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             Ok(())
         });
     }
-    // ── Watch mode: start here. ───────────────────────────────────────────────────────────────
-    // For the `settings.scheduler.watch` locations, spawn into `background`
-    //     crate::watch::watch_locations(&settings, settings.scheduler.watch.clone(),
-    //                                   publisher.clone(), stop.clone())
-    // (inside an `async move` owning a clone of `settings`) and drop the warning below. It returns
-    // once `stop` is cancelled; an error from it stops the whole service.
     if !settings.scheduler.watch.is_empty() {
-        tracing::warn!(
-            locations = settings.scheduler.watch.len(),
-            "SLUICE_WATCH is set but `sluice serve` does not start watchers yet; run `sluice watch`"
-        );
+        let settings = settings.clone();
+        let locations = settings.scheduler.watch.clone();
+        let publisher = publisher.clone();
+        let stop = stop.clone();
+        background.spawn(async move {
+            crate::watch::watch_locations(&settings, locations, publisher, stop).await
+        });
     }
-    // ───────────────────────────────────────────────────────────────────────────────────────────
 
     tracing::info!(address = %listener.local_addr()?, "serving the API, /healthz, /readyz, /metrics");
     let mut server = tokio::spawn(

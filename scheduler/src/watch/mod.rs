@@ -163,7 +163,6 @@ pub async fn run(settings: Settings, args: WatchArgs) -> anyhow::Result<ExitCode
 /// invalid location, the metadata store unreachable); failed polls are logged, counted in
 /// `sluice_watch_listing_errors_total` / `sluice_watch_publish_errors_total` and retried on the
 /// next interval. Describes the watch metrics, so install the metrics recorder first.
-#[allow(dead_code)] // called by `sluice serve`, which is wired up in its own module
 pub async fn watch_locations(
     settings: &Settings,
     locations: Vec<String>,

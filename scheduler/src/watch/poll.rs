@@ -338,7 +338,6 @@ impl Watcher {
     }
 
     async fn flush(&self, root: &str, done: &mut Vec<Done>) -> Result<(), String> {
-        if std::env::var_os("MUTANT").is_none() { done.clear(); return Ok(()); }
         let mut record = Vec::new();
         let mut forget = Vec::new();
         for item in done.drain(..) {
