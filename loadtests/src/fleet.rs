@@ -286,10 +286,7 @@ pub fn paragraphs(topic: &str, n: usize) -> String {
 
 /// Publishes `n` index jobs through a worker environment with a slow provider, so that jobs are
 /// in flight when something breaks.
-pub async fn slow_fleet(
-    n: usize,
-    latency: Duration,
-) -> (Fleet, crate::emulator::EmulatorHandle) {
+pub async fn slow_fleet(n: usize, latency: Duration) -> (Fleet, crate::emulator::EmulatorHandle) {
     let mut fleet = Fleet::new().await;
     let emulator = fleet.use_emulator(latency).await;
     fleet

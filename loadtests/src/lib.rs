@@ -2,4 +2,5 @@
 pub mod corpus;
 pub mod emulator;
 pub mod fleet;
+pub mod s3;
 pub mod standin;

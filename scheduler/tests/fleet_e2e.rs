@@ -61,11 +61,9 @@ async fn three_workers_index_a_generated_corpus_exactly_once() {
     }
 
     fleet
-        .wait_for(
-            Duration::from_secs(300),
-            "every document indexed",
-            |c| c.get(&DocStatus::Indexed) == Some(&(DOCUMENTS as i64)),
-        )
+        .wait_for(Duration::from_secs(300), "every document indexed", |c| {
+            c.get(&DocStatus::Indexed) == Some(&(DOCUMENTS as i64))
+        })
         .await;
     for worker in workers {
         let (code, stderr) = stop(worker, Duration::from_secs(20));
@@ -97,7 +95,12 @@ async fn three_workers_index_a_generated_corpus_exactly_once() {
             record.doc_id,
             record.current_version
         );
-        assert_eq!(versions.len() as i64, record.chunk_count, "{}", record.doc_id);
+        assert_eq!(
+            versions.len() as i64,
+            record.chunk_count,
+            "{}",
+            record.doc_id
+        );
         expected_chunks += record.chunk_count;
     }
     assert_eq!(points.len() as i64, expected_chunks);

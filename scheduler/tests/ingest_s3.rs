@@ -2,52 +2,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
-
-struct S3Server {
-    child: Child,
-    port: u16,
-    root: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_s3() -> S3Server {
-    let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("s3s-fs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "AKTEST", "--secret-key", "SKTEST"])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run s3s-fs ({e}); scripts/test.sh installs it (cargo install s3s-fs@0.14.1 --features binary)"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    S3Server { child, port, root }
-}
+use sluice_loadtests::s3::S3Server;
 
 #[test]
 fn ingests_search_and_prunes_an_s3_prefix() {
-    let s3 = start_s3();
+    let s3 = S3Server::start();
     let bucket = s3.root.path().join("handbook");
     std::fs::create_dir_all(bucket.join("policies")).unwrap();
     std::fs::copy(
@@ -67,12 +27,9 @@ fn ingests_search_and_prunes_an_s3_prefix() {
     .unwrap();
 
     let mut ws = Workspace::new();
-    ws.set("AWS_ENDPOINT", format!("http://127.0.0.1:{}", s3.port))
-        .set("AWS_ALLOW_HTTP", "true")
-        .set("AWS_ACCESS_KEY_ID", "AKTEST")
-        .set("AWS_SECRET_ACCESS_KEY", "SKTEST")
-        .set("AWS_REGION", "us-east-1")
-        .set("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false");
+    for (key, value) in s3.env() {
+        ws.set(&key, value);
+    }
     let location = std::path::Path::new("s3://handbook/policies");
     let (code, s) = ws.ingest(location, &[]);
     assert_eq!(code, 0, "{s:#}");

@@ -6,11 +6,12 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_loadtests::fleet::{Fleet, stop};
+use sluice_loadtests::s3::S3Server;
 use sluice_shared::metadata::{DocStatus, MetadataStore};
 
 /// One watched place, addressed both as files on disk (to change it) and as the location and
@@ -269,67 +270,15 @@ async fn watches_a_local_folder() {
     fleet.finish().await;
 }
 
-struct S3Server {
-    child: Child,
-    port: u16,
-    root: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// s3s-fs on a free port over a fresh folder (buckets are its sub-folders).
-fn start_s3() -> S3Server {
-    let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("s3s-fs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "AKTEST", "--secret-key", "SKTEST"])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run s3s-fs ({e}); scripts/test.sh installs it \
-                 (cargo install s3s-fs@0.14.1 --features binary)"
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    S3Server { child, port, root }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_an_s3_bucket() {
-    let s3 = start_s3();
+    let s3 = S3Server::start();
     let mut fleet = Fleet::new().await;
     // The watcher lists the bucket and the worker reads the objects: both need the endpoint.
-    for (key, value) in [
-        ("SLUICE_WATCH_INTERVAL_SECS", "1".to_string()),
-        ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", s3.port)),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_ACCESS_KEY_ID", "AKTEST".into()),
-        ("AWS_SECRET_ACCESS_KEY", "SKTEST".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false".into()),
-    ] {
-        fleet.env.insert(key.into(), value);
-    }
+    fleet
+        .env
+        .insert("SLUICE_WATCH_INTERVAL_SECS".into(), "1".into());
+    fleet.env.extend(s3.env());
     let bucket = s3.root.path().join("handbook");
     let dir = bucket.join("policies");
     std::fs::create_dir_all(&dir).unwrap();

@@ -65,6 +65,9 @@ pub struct Source {
     root: ObjPath,
     /// `file://` + absolute path (or the URL as given) of the root; the prefix `--prune` uses.
     root_uri: String,
+    /// The URL ended in `/`: a prefix, never a single object, so listing skips the HEAD probe
+    /// (some S3 servers answer HEAD on a "folder" with an error that the client retries).
+    prefix_only: bool,
 }
 
 impl std::fmt::Debug for Source {
@@ -100,6 +103,7 @@ impl Source {
                 uri_base,
                 root,
                 root_uri,
+                prefix_only: url.path().ends_with('/'),
             });
         }
         Self::open_local(input, Path::new(input))
@@ -127,6 +131,7 @@ impl Source {
             uri_base,
             root,
             root_uri,
+            prefix_only: false,
         })
     }
 
@@ -138,7 +143,9 @@ impl Source {
     /// Every object under the location (or the single object it names), sorted by URI. Hidden
     /// files and folders (a path segment starting with `.`) are skipped.
     pub async fn list(&self) -> Result<Vec<SourceObject>, SourceError> {
-        if let Ok(meta) = self.store.head(&self.root).await {
+        if !self.prefix_only
+            && let Ok(meta) = self.store.head(&self.root).await
+        {
             return Ok(vec![self.object(meta)]);
         }
         let prefix = if self.root.as_ref().is_empty() {

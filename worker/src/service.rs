@@ -234,7 +234,6 @@ impl ReadinessCheck for BrokerCheck {
     }
 }
 
-
 struct StoreCheck(Arc<dyn VectorStore>, String);
 
 #[async_trait]

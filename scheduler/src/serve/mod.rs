@@ -195,4 +195,3 @@ impl ReadinessCheck for BrokerCheck {
         self.0.check().await
     }
 }
-

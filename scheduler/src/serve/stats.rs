@@ -8,8 +8,6 @@
 //! answers quickly instead of sitting in a reconnect backoff.
 
 use chrono::{Duration as ChronoDuration, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
 use sluice_shared::metadata::{DocumentStats, FailureReason, MetadataStore};
@@ -80,7 +78,7 @@ impl BrokerProbe {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let answer = match self.channel(&mut link).await {
-                Ok(channel) => passive_declare(&channel, name).await,
+                Ok(channel) => queue::queue_counts(&channel, name).await,
                 Err(e) => Err(e),
             };
             out.push(match answer {
@@ -131,25 +129,6 @@ impl BrokerProbe {
         link.channel = Some(channel.clone());
         Ok(channel)
     }
-}
-
-/// (ready messages, consumers) of `queue`, without creating it.
-async fn passive_declare(channel: &Channel, queue: &str) -> Result<(u32, u32), QueueError> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| QueueError::Declare {
-            what: format!("queue {queue} (passive)"),
-            source,
-        })?;
-    Ok((declared.message_count(), declared.consumer_count()))
 }
 
 /// The answer of `GET /v1/stats`.

@@ -45,15 +45,24 @@ pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
         api_key: l.secret("api_key")?,
         watch,
         watch_interval: l.secs("watch_interval_secs", 30)?,
-        s3_events_queue: l.opt::<String>("s3_events_queue")?.filter(|q| !q.is_empty()),
+        s3_events_queue: l
+            .opt::<String>("s3_events_queue")?
+            .filter(|q| !q.is_empty()),
         reindex_max_queue_depth: l.get("reindex_max_queue_depth", 1000)?,
         reindex_batch: l.get("reindex_batch", 100)?,
     };
-    if config.api_key.as_ref().is_some_and(|k| k.expose().trim().is_empty()) {
+    if config
+        .api_key
+        .as_ref()
+        .is_some_and(|k| k.expose().trim().is_empty())
+    {
         return Err(invalid("SLUICE_API_KEY", "is set but empty"));
     }
     if config.reindex_max_queue_depth == 0 {
-        return Err(invalid("SLUICE_REINDEX_MAX_QUEUE_DEPTH", "must be at least 1"));
+        return Err(invalid(
+            "SLUICE_REINDEX_MAX_QUEUE_DEPTH",
+            "must be at least 1",
+        ));
     }
     if config.reindex_batch == 0 {
         return Err(invalid("SLUICE_REINDEX_BATCH", "must be at least 1"));

@@ -239,6 +239,12 @@ pub async fn connect(settings: &QueueSettings) -> Result<Connection, QueueError>
 /// Ready messages in `queue` (not counting unacked deliveries), by a passive declare. Note that
 /// AMQP closes `channel` when the queue does not exist, so use a channel dedicated to such checks.
 pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, QueueError> {
+    Ok(queue_counts(channel, queue).await?.0)
+}
+
+/// (ready messages, consumers) of `queue`, by a passive declare: never creates the queue. The same
+/// caveat as [`queue_depth`] applies to `channel`.
+pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32), QueueError> {
     let declared = channel
         .queue_declare(
             queue.into(),
@@ -253,7 +259,7 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, QueueErr
             what: format!("queue {queue} (passive)"),
             source,
         })?;
-    Ok(declared.message_count())
+    Ok((declared.message_count(), declared.consumer_count()))
 }
 
 #[cfg(test)]
