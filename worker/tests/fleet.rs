@@ -218,3 +218,72 @@ async fn a_worker_killed_mid_batch_leaves_an_exact_index() {
     assert_eq!(code, 0, "{stderr}");
     fleet.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_publishes_of_a_document_converge_to_one_version() {
+    let fleet = Fleet::new().await;
+    let publisher = fleet.publisher().await;
+    let workers = [fleet.worker(), fleet.worker()];
+    let uris: Vec<String> = (0..3)
+        .map(|i| {
+            fleet.write(
+                &format!("dup-{i}.md"),
+                format!("# Dup {i}\n\n{}", paragraphs(&format!("dup{i}"), 25)),
+            )
+        })
+        .collect();
+    // Every copy forces a re-index, so each one really writes a version while its twins, on the
+    // other worker or the same one, find the document leased and come back later.
+    const COPIES: i64 = 6;
+    for _ in 0..COPIES {
+        for uri in &uris {
+            fleet
+                .publish_raw(
+                    &publisher,
+                    &format!(
+                        r#"{{"schema_version":1,"kind":"index","source":"{uri}","force":true}}"#
+                    ),
+                )
+                .await;
+        }
+    }
+
+    let metadata = fleet.metadata().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let records = loop {
+        let records = metadata
+            .list_documents(&Default::default(), None, 10)
+            .await
+            .unwrap();
+        let settled = records.len() == uris.len()
+            && records
+                .iter()
+                .all(|r| r.attempts == COPIES && r.status == DocStatus::Indexed);
+        if settled {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every copy processed once: {:?}",
+            records
+                .iter()
+                .map(|r| (&r.doc_id, r.attempts, r.status))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_exact(&fleet, uris.len()).await;
+    let points = fleet.points().await;
+    for record in &records {
+        assert_eq!(record.current_version, COPIES, "{}", record.doc_id);
+        let chunks: Vec<_> = points.iter().filter(|p| p.1 == record.doc_id).collect();
+        assert_eq!(chunks.len() as i64, record.chunk_count, "{}", record.doc_id);
+        assert!(chunks.iter().all(|p| p.2 == record.current_version));
+    }
+    assert!(fleet.drain_dlq().await.is_empty(), "no copy dead-lettered");
+    for worker in workers {
+        let (code, stderr) = stop(worker, Duration::from_secs(30));
+        assert_eq!(code, 0, "{stderr}");
+    }
+    fleet.finish().await;
+}
