@@ -1,4 +1,6 @@
-//! Sluice test rig: provider emulator, Qdrant stand-in, corpus generator and the fleet rig.
+//! Sluice test rig: provider emulator, Qdrant stand-in, corpus generator, the fleet rig and the
+//! `sluice-bench` machinery.
+pub mod bench;
 pub mod corpus;
 pub mod emulator;
 pub mod fleet;

@@ -558,3 +558,65 @@ async fn emulator_validates_openai_requests_like_the_api() {
         assert!(headers.contains_key(name), "429 without {name}");
     }
 }
+
+/// Many concurrent `embed` calls through one embedder with a process-wide limiter. Returns the
+/// emulator's 429 count; every call must succeed.
+async fn embed_under_a_rate_limit(tokens_per_window: Option<u64>) -> u64 {
+    // 20,000 emulator tokens (bytes/4) per 2-second window; the load below is about 60,000.
+    let emulator = start_emulator(&[
+        "--api",
+        "voyage",
+        "--tpm",
+        "20000",
+        "--rate-window-secs",
+        "2",
+    ])
+    .await;
+    let limiter = std::sync::Arc::new(sluice_shared::embed::EmbedLimiter::new(
+        "voyage",
+        sluice_shared::embed::LimiterSettings {
+            initial_concurrency: 16,
+            max_concurrency: 16,
+            tokens_per_window,
+            window: Duration::from_secs(2),
+            ..Default::default()
+        },
+    ));
+    let embedder = VoyageEmbedder::new(VoyageSettings {
+        max_retries: 20,
+        limiter: Some(limiter),
+        ..voyage(&emulator)
+    })
+    .unwrap();
+    let calls: Vec<Vec<String>> = (0..30)
+        .map(|call| {
+            (0..8)
+                .map(|i| format!("call {call} input {i} {}", "x".repeat(1000)))
+                .collect()
+        })
+        .collect();
+    let results = futures::future::join_all(
+        calls
+            .iter()
+            .map(|texts| embedder.embed(texts, InputKind::Document)),
+    )
+    .await;
+    for result in results {
+        assert_eq!(result.expect("every call succeeds").vectors.len(), 8);
+    }
+    let stats = emulator.stats().await;
+    assert_eq!(stats.succeeded, 30);
+    stats.rate_limited
+}
+
+#[tokio::test]
+async fn a_local_tpm_budget_under_the_providers_limit_avoids_429s() {
+    // SLUICE_EMBED_TPM at 95% of the provider's limit.
+    assert_eq!(embed_under_a_rate_limit(Some(19_000)).await, 0);
+}
+
+#[tokio::test]
+async fn without_a_local_tpm_budget_429s_are_retried_to_success() {
+    let rate_limited = embed_under_a_rate_limit(None).await;
+    assert!(rate_limited > 0, "the load exceeds the emulator's limit");
+}

@@ -278,6 +278,28 @@ mod cases {
         assert_eq!(store.count("c", None).await.unwrap(), 4);
     }
 
+    pub async fn delete_version_removes_only_that_version_of_that_document(
+        store: &dyn VectorStore,
+    ) {
+        store.ensure_collection(&hybrid("c")).await.unwrap();
+        let current = doc_points("a b", 1, 3, 0);
+        store.upsert("c", current.clone()).await.unwrap();
+        // A new version written part-way, and the same version number of another document.
+        store.upsert("c", doc_points("a b", 2, 2, 0)).await.unwrap();
+        let other = doc_points("a", 2, 2, 1);
+        store.upsert("c", other.clone()).await.unwrap();
+        store.delete_version("c", "a b", 2).await.unwrap();
+        let mut listed = store.list_points("c").await.unwrap();
+        listed.sort();
+        let mut expected: Vec<_> = current
+            .iter()
+            .chain(&other)
+            .map(|p| (p.id, p.payload.doc_id.clone(), p.payload.version))
+            .collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+
     pub async fn delete_document_removes_every_version(store: &dyn VectorStore) {
         store.ensure_collection(&hybrid("c")).await.unwrap();
         store.upsert("c", doc_points("a b", 1, 2, 0)).await.unwrap();
@@ -488,6 +510,7 @@ contract!(
     upsert_then_count_and_list,
     reupsert_same_ids_does_not_duplicate,
     delete_other_versions_keeps_exactly_the_kept_version,
+    delete_version_removes_only_that_version_of_that_document,
     delete_document_removes_every_version,
     search_dense_relevant,
     search_sparse_relevant,

@@ -11,6 +11,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde::Serialize;
 use sluice_shared::config::{Settings, validate_collection_name};
+use sluice_shared::memory::DocumentBudget;
 use sluice_shared::pipeline::{DocumentJob, Outcome, Pipeline};
 use sluice_shared::source::Source;
 use sluice_shared::wiring;
@@ -93,15 +94,23 @@ pub async fn run(settings: Settings, args: IngestArgs) -> anyhow::Result<ExitCod
     let seen: HashSet<String> = objects.iter().map(|o| o.uri.clone()).collect();
     let single_object = objects.len() == 1 && objects[0].uri == source.root_uri();
 
-    // Each in-flight document holds its bytes: memory is bounded by concurrency × max file size.
+    // Each in-flight document holds its bytes and more: memory is bounded by the byte budget.
+    let budget = DocumentBudget::new(settings.max_inflight_bytes);
     let mut results = futures::stream::iter(objects)
         .map(|object| {
             let pipeline = pipeline.clone();
             let source = source.clone();
+            let budget = budget.clone();
             let mut job = DocumentJob::for_uri(&collection, &object.uri, tenant.clone());
             job.force = args.force;
             let max = settings.max_file_size;
             async move {
+                // Over the size limit: refused without being read, so nothing to reserve.
+                let _reservation = if object.size <= max {
+                    Some(budget.reserve(object.size).await)
+                } else {
+                    None
+                };
                 let fetched = source.read(&object, max).await;
                 let result = pipeline.index(&job, fetched).await;
                 (object.uri, result)

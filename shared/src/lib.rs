@@ -19,6 +19,7 @@ pub mod embed;
 pub mod extract;
 pub mod ids;
 pub mod job;
+pub mod memory;
 pub mod metadata;
 pub mod metrics;
 pub mod model;

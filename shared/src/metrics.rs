@@ -18,6 +18,14 @@ pub const EMBED_RETRIES_TOTAL: &str = "sluice_embed_retries_total";
 pub const EMBED_RATE_LIMITED_TOTAL: &str = "sluice_embed_rate_limited_total";
 pub const EMBED_REQUEST_SECONDS: &str = "sluice_embed_request_duration_seconds";
 pub const EMBED_TOKENS_TOTAL: &str = "sluice_embed_tokens_total";
+/// Gauge: the embedding limiter's current concurrency limit (AIMD), by provider.
+pub const EMBED_CONCURRENCY_LIMIT: &str = "sluice_embed_concurrency_limit";
+/// Histogram: time a request waited for the embedding limiter (concurrency, pause, TPM/RPM).
+pub const EMBED_LIMITER_WAIT_SECONDS: &str = "sluice_embed_limiter_wait_seconds";
+/// Histogram: time a request waited for the fleet's shared budget in PostgreSQL.
+pub const EMBED_FLEET_BUDGET_WAIT_SECONDS: &str = "sluice_embed_fleet_budget_wait_seconds";
+/// Counter: fleet budget database errors (the request was sent without the budget).
+pub const EMBED_FLEET_BUDGET_ERRORS: &str = "sluice_embed_fleet_budget_errors_total";
 /// Scheduler: HTTP API requests, by route and status code.
 pub const API_REQUESTS_TOTAL: &str = "sluice_api_requests_total";
 /// Scheduler: jobs confirmed by the broker, by kind and source (`api`, `s3_events`, `watch`,
@@ -68,6 +76,24 @@ pub fn describe() {
     describe_counter!(
         EMBED_TOKENS_TOTAL,
         "Tokens billed by the embedding provider."
+    );
+    describe_gauge!(
+        EMBED_CONCURRENCY_LIMIT,
+        "Embedding requests allowed in flight by the adaptive limiter, by provider."
+    );
+    describe_histogram!(
+        EMBED_LIMITER_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time embedding requests waited for the limiter, by provider."
+    );
+    describe_histogram!(
+        EMBED_FLEET_BUDGET_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time embedding requests waited for the fleet-wide TPM/RPM budget."
+    );
+    describe_counter!(
+        EMBED_FLEET_BUDGET_ERRORS,
+        "Fleet budget database errors; the request was sent without the budget."
     );
     describe_counter!(
         API_REQUESTS_TOTAL,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::chunk::Chunker;
@@ -31,6 +32,10 @@ use crate::metrics as m;
 use crate::model::{Chunk, ChunkPayload, ExtractedDoc, Point, SearchHit, Vectors};
 use crate::source::SourceError;
 use crate::store::{CollectionSpec, SearchQuery, StoreError, VectorStore};
+
+/// Chunks embedded and upserted together (see `embed_and_upsert`): a few provider requests'
+/// worth, so windows add no round trips for ordinary documents.
+const EMBED_WINDOW: usize = 256;
 
 /// One document to index.
 #[derive(Debug, Clone, PartialEq)]
@@ -358,20 +363,25 @@ impl Pipeline {
             .into());
         }
 
-        let t = Instant::now();
-        let vectors = self.embed_chunks(job, &chunks).await?;
-        stage_done("embed", t);
-
-        let t = Instant::now();
-        let dense_dim = vectors
-            .first()
-            .and_then(|v| v.dense.as_ref())
-            .map(|d| d.len() as u64);
-        self.ensure_collection(&job.collection, dense_dim).await?;
         let tokens: u64 = chunks.iter().map(|c| c.tokens as u64).sum();
         let chunk_count = chunks.len() as u64;
-        let points = build_points(job, &doc, chunks, vectors, hash, version);
-        self.store.upsert(&job.collection, points).await?;
+        if let Err(e) = self
+            .embed_and_upsert(job, &doc, chunks, hash, version)
+            .await
+        {
+            // Points of this version already written would stand beside the previous version's
+            // until the next successful run. Best effort: after a crash that run deletes them,
+            // as it deletes every version but its own.
+            if let Err(cleanup) = self
+                .store
+                .delete_version(&job.collection, &job.doc_id, version)
+                .await
+            {
+                tracing::warn!(error = %cleanup, doc_id = %job.doc_id, version, "could not remove a partly written version");
+            }
+            return Err(e);
+        }
+        let t = Instant::now();
         self.store
             .delete_other_versions(&job.collection, &job.doc_id, version)
             .await?;
@@ -402,6 +412,48 @@ impl Pipeline {
                 doc_id: job.doc_id.clone(),
             }),
         }
+    }
+
+    /// Embeds and upserts the chunks `EMBED_WINDOW` at a time, the next window's embedding
+    /// overlapping this one's upsert: a document of 20,000 chunks holds two windows of vectors
+    /// and points, not 20,000 of each (hundreds of MB of dense vectors).
+    async fn embed_and_upsert(
+        &self,
+        job: &DocumentJob,
+        doc: &ExtractedDoc,
+        chunks: Vec<Chunk>,
+        hash: &str,
+        version: i64,
+    ) -> Result<(), PipelineError> {
+        let mut rest = chunks.into_iter();
+        let windows = std::iter::from_fn(move || {
+            let window: Vec<Chunk> = rest.by_ref().take(EMBED_WINDOW).collect();
+            (!window.is_empty()).then_some(window)
+        });
+        let mut embedded = futures::stream::iter(windows.map(|window| async move {
+            let t = Instant::now();
+            let vectors = self.embed_chunks(job, &window).await?;
+            stage_done("embed", t);
+            Ok::<_, PipelineError>((window, vectors))
+        }))
+        .buffered(2);
+        let mut collection_ready = false;
+        while let Some(next) = embedded.next().await {
+            let (window, vectors) = next?;
+            let t = Instant::now();
+            if !collection_ready {
+                let dense_dim = vectors
+                    .first()
+                    .and_then(|v| v.dense.as_ref())
+                    .map(|d| d.len() as u64);
+                self.ensure_collection(&job.collection, dense_dim).await?;
+                collection_ready = true;
+            }
+            let points = build_points(job, doc, window, vectors, hash, version);
+            self.store.upsert(&job.collection, points).await?;
+            stage_done("store", t);
+        }
+        Ok(())
     }
 
     async fn embed_chunks(

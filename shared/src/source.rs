@@ -12,6 +12,8 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use crate::memory::{DocumentBudget, Reservation};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{input}: {reason}")]
@@ -236,6 +238,19 @@ impl Source {
 
     /// Open the location of a single URI (as produced by [`Source::list`]) and read it.
     pub async fn read_uri(uri: &str, max_size: u64) -> Result<Bytes, SourceError> {
+        Self::read_uri_reserving(uri, max_size, None)
+            .await
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// [`Source::read_uri`], first reserving the object's size in `budget` (from the same
+    /// metadata request, so no extra round trip). Hold the reservation until the document is
+    /// processed.
+    pub async fn read_uri_reserving(
+        uri: &str,
+        max_size: u64,
+        budget: Option<&DocumentBudget>,
+    ) -> Result<(Bytes, Option<Reservation>), SourceError> {
         let source = Source::open(uri)?;
         let meta = source
             .store
@@ -243,7 +258,12 @@ impl Source {
             .await
             .map_err(|e| source.io_error(uri, e))?;
         let object = source.object(meta);
-        source.read(&object, max_size).await
+        let reservation = match budget {
+            // A file over the size limit is refused without being read: nothing to reserve.
+            Some(budget) if object.size <= max_size => Some(budget.reserve(object.size).await),
+            _ => None,
+        };
+        Ok((source.read(&object, max_size).await?, reservation))
     }
 }
 

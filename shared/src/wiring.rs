@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use crate::chunk::{ChunkError, Chunker};
-use crate::config::{EmbedConfig, ProviderKind, Settings};
+use crate::config::{BudgetScope, EmbedConfig, ProviderKind, Settings};
+use crate::embed::limiter::{EmbedLimiter, FleetBudget, FleetBudgetSettings, LimiterSettings};
 use crate::embed::{
-    Bm25Encoder, Bm25Settings, EmbedError, Embedder, OpenAiEmbedder, OpenAiSettings,
-    VoyageEmbedder, VoyageSettings,
+    BatchLimits, Bm25Encoder, Bm25Settings, EmbedError, Embedder, OpenAiEmbedder, OpenAiSettings,
+    PackingEmbedder, PackingSettings, VoyageEmbedder, VoyageSettings,
 };
 use crate::extract::ExtractSettings;
 use crate::metadata::postgres::PostgresStore;
@@ -28,6 +29,8 @@ pub enum WiringError {
     Embed(#[from] EmbedError),
     #[error(transparent)]
     Chunk(#[from] ChunkError),
+    #[error("fleet embedding budget: {0}")]
+    FleetBudget(String),
 }
 
 pub async fn open_metadata(settings: &Settings) -> Result<Arc<dyn MetadataStore>, WiringError> {
@@ -44,7 +47,136 @@ pub async fn open_vector_store(settings: &Settings) -> Result<Arc<dyn VectorStor
     })
 }
 
-pub fn build_embedder(config: &EmbedConfig) -> Result<Option<Arc<dyn Embedder>>, WiringError> {
+/// The fleet's shared TPM/RPM budget: with PostgreSQL, a dense provider, a limit set and
+/// `SLUICE_EMBED_BUDGET=fleet` (the default). Its table comes with the metadata store's
+/// migrations, so open the metadata store first.
+pub fn open_fleet_budget(settings: &Settings) -> Result<Option<Arc<FleetBudget>>, WiringError> {
+    let embed = &settings.embed;
+    let Some(url) = &settings.database_url else {
+        return Ok(None);
+    };
+    if embed.budget_scope != BudgetScope::Fleet || embed.provider == ProviderKind::Bm25 {
+        return Ok(None);
+    }
+    if embed.tokens_per_minute.is_none() && embed.requests_per_minute.is_none() {
+        return Ok(None);
+    }
+    // One request per process is at the database at a time (the budget queues the rest), and
+    // refunds are single statements: two connections are plenty.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_lazy(url.expose())
+        .map_err(|_| {
+            WiringError::FleetBudget(format!(
+                "SLUICE_DATABASE_URL {} is not a PostgreSQL URL",
+                crate::secret::redact_url(url.expose())
+            ))
+        })?;
+    let key = embed
+        .budget_key
+        .clone()
+        .unwrap_or_else(|| default_budget_key(embed));
+    Ok(FleetBudget::new(
+        pool,
+        &FleetBudgetSettings {
+            key,
+            tokens_per_window: embed.tokens_per_minute,
+            requests_per_window: embed.requests_per_minute,
+            window: std::time::Duration::from_secs(60),
+        },
+    ))
+}
+
+/// Provider, API host and model: providers set limits per account and model. Only the host of
+/// the base URL, so nothing that could carry a credential ends up in the database.
+fn default_budget_key(embed: &EmbedConfig) -> String {
+    let host = embed
+        .base_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| u.port().map_or(h.to_string(), |p| format!("{h}:{p}")))
+        })
+        .unwrap_or_else(|| "default".to_string());
+    let provider = match embed.provider {
+        ProviderKind::Voyage => crate::embed::voyage::PROVIDER,
+        ProviderKind::OpenAi => crate::embed::openai::PROVIDER,
+        ProviderKind::Bm25 => "bm25",
+    };
+    format!("{provider}:{host}:{}", embed.model)
+}
+
+/// Requests no bigger than 1/60 of the token limit, once a limit is set: the buckets hold one
+/// second of the minute, and a request larger than that would be admitted into debt, which
+/// could let a window run over by the excess (`fleet.rs`). The margin covers the JSON framing
+/// the request's charge includes. Never under `MIN_REQUEST_TOKENS`, so a whole chunk still fits.
+fn fit_to_rate_limit(mut limits: BatchLimits, tokens_per_minute: Option<u64>) -> BatchLimits {
+    const MIN_REQUEST_TOKENS: usize = 8192;
+    if let Some(tpm) = tokens_per_minute {
+        let per_second = (tpm as f64 / 60.0 * 0.8) as usize;
+        limits.max_tokens = limits.max_tokens.min(per_second.max(MIN_REQUEST_TOKENS));
+    }
+    limits
+}
+
+/// The configured dense provider behind a [`PackingEmbedder`], so every document in flight in
+/// this process shares token-packed requests. Must run inside a Tokio runtime (the packer's
+/// dispatcher is spawned here). `fleet`: see [`open_fleet_budget`].
+pub fn build_embedder(
+    config: &EmbedConfig,
+    fleet: Option<Arc<FleetBudget>>,
+) -> Result<Option<Arc<dyn Embedder>>, WiringError> {
+    let Some((provider, limits)) = build_provider(config, fleet)? else {
+        return Ok(None);
+    };
+    let limits = fit_to_rate_limit(limits, config.tokens_per_minute);
+    let packer = PackingEmbedder::new(
+        provider,
+        PackingSettings {
+            limits,
+            linger: config.linger,
+            // The limiter's ceiling: packs beyond it would only wait there, sealed, instead of
+            // filling up in the packer.
+            max_packs_in_flight: config.max_concurrency,
+        },
+    )?;
+    Ok(Some(Arc::new(packer)))
+}
+
+/// One limiter per embedder, so per process: every request of every document waits on the same
+/// AIMD concurrency limit, Retry-After pause and TPM/RPM budget. With a fleet budget the limits
+/// are the fleet's, kept in PostgreSQL, instead of this process's own.
+fn build_limiter(
+    provider: &'static str,
+    config: &EmbedConfig,
+    fleet: Option<Arc<FleetBudget>>,
+) -> Arc<EmbedLimiter> {
+    let local = fleet.is_none();
+    Arc::new(
+        EmbedLimiter::new(
+            provider,
+            LimiterSettings {
+                initial_concurrency: config.concurrency,
+                max_concurrency: config.max_concurrency,
+                tokens_per_window: config.tokens_per_minute.filter(|_| local),
+                requests_per_window: config.requests_per_minute.filter(|_| local),
+                ..LimiterSettings::default()
+            },
+        )
+        .with_fleet_budget(fleet),
+    )
+}
+
+/// A bare provider client and the per-request limits it plans within.
+type ProviderWithLimits = (Arc<dyn Embedder>, BatchLimits);
+
+/// The bare provider client and the per-request limits it plans within.
+fn build_provider(
+    config: &EmbedConfig,
+    fleet: Option<Arc<FleetBudget>>,
+) -> Result<Option<ProviderWithLimits>, WiringError> {
     Ok(match config.provider {
         ProviderKind::Bm25 => None,
         ProviderKind::Voyage => {
@@ -54,13 +186,17 @@ pub fn build_embedder(config: &EmbedConfig) -> Result<Option<Arc<dyn Embedder>>,
                 output_dimension: config.dimensions,
                 request_timeout: config.request_timeout,
                 max_retries: config.max_retries,
-                max_concurrent_requests: config.concurrency,
+                // The limiter decides how many are sent; one call may fan out up to its ceiling.
+                max_concurrent_requests: config.max_concurrency,
+                limiter: Some(build_limiter(crate::embed::voyage::PROVIDER, config, fleet)),
                 ..VoyageSettings::default()
             };
             if let Some(url) = &config.base_url {
                 s.base_url = url.clone();
             }
-            Some(Arc::new(VoyageEmbedder::new(s)?))
+            let voyage = VoyageEmbedder::new(s)?;
+            let limits = voyage.batch_limits();
+            Some((Arc::new(voyage), limits))
         }
         ProviderKind::OpenAi => {
             let mut s = OpenAiSettings {
@@ -70,13 +206,16 @@ pub fn build_embedder(config: &EmbedConfig) -> Result<Option<Arc<dyn Embedder>>,
                 dimensions: config.dimensions,
                 request_timeout: config.request_timeout,
                 max_retries: config.max_retries,
-                max_concurrent_requests: config.concurrency,
+                max_concurrent_requests: config.max_concurrency,
+                limiter: Some(build_limiter(crate::embed::openai::PROVIDER, config, fleet)),
                 ..OpenAiSettings::default()
             };
             if let Some(url) = &config.base_url {
                 s.base_url = url.clone();
             }
-            Some(Arc::new(OpenAiEmbedder::new(s)?))
+            let openai = OpenAiEmbedder::new(s)?;
+            let limits = openai.batch_limits();
+            Some((Arc::new(openai), limits))
         }
     })
 }
@@ -93,13 +232,13 @@ pub async fn build_pipeline(
     settings: &Settings,
     wait_if_busy: bool,
 ) -> Result<Pipeline, WiringError> {
-    let embedder = build_embedder(&settings.embed)?;
+    let metadata = open_metadata(settings).await?;
+    let embedder = build_embedder(&settings.embed, open_fleet_budget(settings)?)?;
     let chunker = Arc::new(Chunker::new(
         settings.chunk_max_tokens,
         settings.chunk_overlap_tokens,
     )?);
     let sparse = Arc::new(Bm25Encoder::new(Bm25Settings::default())?);
-    let metadata = open_metadata(settings).await?;
     let store = open_vector_store(settings).await?;
     Ok(Pipeline::new(
         extract_settings(settings),

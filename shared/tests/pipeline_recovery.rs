@@ -170,3 +170,134 @@ async fn recovers_from_a_crashed_run_with_postgres() {
         .unwrap();
     crashed_run_then_recovery(Arc::new(metadata)).await;
 }
+
+/// The emulator-backed embedder, with its `fail_call`-th call (1-based) refused as a provider
+/// would refuse a bad request: a document failing after some of its chunks were written.
+struct FailingCall {
+    inner: sluice_shared::embed::VoyageEmbedder,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_call: usize,
+}
+
+#[async_trait::async_trait]
+impl sluice_shared::embed::Embedder for FailingCall {
+    fn fingerprint(&self) -> String {
+        self.inner.fingerprint()
+    }
+
+    async fn embed(
+        &self,
+        texts: &[String],
+        kind: sluice_shared::embed::InputKind,
+    ) -> Result<sluice_shared::embed::DenseEmbeddings, sluice_shared::embed::EmbedError> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if call == self.fail_call {
+            return Err(sluice_shared::embed::EmbedError::Rejected {
+                provider: "voyage",
+                status: 400,
+                message: "refused for the test".into(),
+            });
+        }
+        self.inner.embed(texts, kind).await
+    }
+}
+
+/// A long document is embedded and upserted a window of chunks at a time. All its chunks arrive;
+/// and when a later window fails, the windows already written are taken out again, so the
+/// previous version stays whole and alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_document_is_written_in_windows_and_a_failed_version_leaves_no_chunks() {
+    use sluice_loadtests::emulator::{self, EmulatorConfig};
+    let (_, emulator) = emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn VectorStore> = Arc::new(EdgeStore::open(dir.path()).await.unwrap());
+    let metadata =
+        sluice_shared::metadata::connect_any(dir.path().join("meta.sqlite").to_str().unwrap())
+            .await
+            .unwrap();
+    let embedder = Arc::new(FailingCall {
+        inner: sluice_shared::embed::VoyageEmbedder::new(sluice_shared::embed::VoyageSettings {
+            base_url: emulator.base_url(),
+            ..Default::default()
+        })
+        .unwrap(),
+        calls: Default::default(),
+        // First run: one call per window, never refused. Second run: its third window fails.
+        fail_call: 0,
+    });
+    let p = |embedder: Arc<FailingCall>| {
+        Pipeline::new(
+            ExtractSettings::with_defaults(),
+            Arc::new(Chunker::new(40, 0).unwrap()),
+            Some(embedder as Arc<dyn sluice_shared::embed::Embedder>),
+            Arc::new(Bm25Encoder::new(Bm25Settings::default()).unwrap()),
+            store.clone(),
+            metadata.clone(),
+            PipelineOptions {
+                document_timeout: Duration::from_secs(60),
+                lease: LEASE,
+                wait_if_busy: true,
+            },
+        )
+    };
+    let long = |topic: &str| {
+        let body: String = (0..1500)
+            .map(|i| format!("Paragraph {i} about {topic}: the {topic} swims and eats fish.\n\n"))
+            .collect();
+        Bytes::from(format!("# {topic}\n\n{body}"))
+    };
+    let job = DocumentJob::for_uri(COLLECTION, "file:///docs/long.md", None);
+    let first = p(embedder.clone())
+        .index(&job, Ok(long("otter")))
+        .await
+        .unwrap();
+    let Outcome::Indexed {
+        version, chunks, ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert!(
+        chunks > 520,
+        "the document needs three windows: {chunks} chunks"
+    );
+    assert!(
+        embedder.calls.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "one embedding call per window"
+    );
+    assert_eq!(
+        store.count(COLLECTION, Some(&job.doc_id)).await.unwrap(),
+        chunks
+    );
+
+    let failing = Arc::new(FailingCall {
+        inner: sluice_shared::embed::VoyageEmbedder::new(sluice_shared::embed::VoyageSettings {
+            base_url: emulator.base_url(),
+            ..Default::default()
+        })
+        .unwrap(),
+        calls: Default::default(),
+        fail_call: 3,
+    });
+    let err = p(failing)
+        .index(&job, Ok(long("beaver")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused for the test"), "{err}");
+    let points = store.list_points(COLLECTION).await.unwrap();
+    assert_eq!(
+        points.len() as u64,
+        chunks,
+        "the failed version's windows are gone"
+    );
+    assert!(
+        points.iter().all(|(_, _, v)| *v == version),
+        "only the committed version remains"
+    );
+    let record = metadata
+        .get(COLLECTION, &job.doc_id)
+        .await
+        .unwrap()
+        .expect("the document is recorded");
+    assert_eq!(record.current_version, version);
+}

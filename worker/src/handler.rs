@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use sluice_shared::job::{DeleteTarget, IndexJob, Job, JobSpec, ReindexJob};
+use sluice_shared::memory::DocumentBudget;
 use sluice_shared::metadata::DocumentCursor;
 use sluice_shared::pipeline::{Pipeline, PipelineError};
 use sluice_shared::queue::Publisher;
@@ -32,6 +33,8 @@ pub struct Context {
     pub default_collection: String,
     pub default_tenant: Option<String>,
     pub max_file_size: u64,
+    /// Source bytes of the documents in flight (`SLUICE_MAX_INFLIGHT_BYTES`).
+    pub document_budget: DocumentBudget,
     pub max_attempts: u32,
 }
 
@@ -72,7 +75,16 @@ pub async fn handle(ctx: &Context, body: &[u8], attempt: u32) -> (Option<Job>, D
 
 async fn index_document(ctx: &Context, index: &IndexJob, attempt: u32) -> Decision {
     let job = index.to_document_job(&ctx.default_collection, ctx.default_tenant.as_deref());
-    let fetched = Source::read_uri(&job.source, ctx.max_file_size).await;
+    let (fetched, _reservation) = match Source::read_uri_reserving(
+        &job.source,
+        ctx.max_file_size,
+        Some(&ctx.document_budget),
+    )
+    .await
+    {
+        Ok((bytes, reservation)) => (Ok(bytes), reservation),
+        Err(e) => (Err(e), None),
+    };
     on_error(
         ctx,
         attempt,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sluice_shared::config::Settings;
+use sluice_shared::memory::DocumentBudget;
 use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
 use sluice_shared::queue::{self, Consumer, Delivery, Publisher};
 use sluice_shared::store::{StoreError, VectorStore};
@@ -80,6 +81,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         default_collection: settings.collection.clone(),
         default_tenant: settings.tenant.clone(),
         max_file_size: settings.max_file_size,
+        document_budget: DocumentBudget::new(settings.max_inflight_bytes),
         max_attempts: fleet.max_attempts,
     });
     tracing::info!(queue = %fleet.queue.work_queue, concurrency = fleet.worker_concurrency, "consuming");

@@ -1,24 +1,43 @@
-//! `sluice-bench`: measures `sluice ingest` on a generated corpus with the embedding-provider
-//! emulator at a fixed latency, and prints documents/s, chunks/s, MB/s and peak RSS.
+//! `sluice-bench`: measures Sluice on a generated corpus against the embedding-provider emulator
+//! (latency, TPM/RPM limits): one `sluice ingest` (`--mode ingest`) or N `sluice-worker`
+//! processes on RabbitMQ and PostgreSQL (`--mode fleet`). Prints documents/s, chunks/s, tokens/s,
+//! the share of the TPM limit used, 429s, enqueue→ack percentiles, peak RSS and CPU per 1,000
+//! chunks; `--json` and `--plot` write the figures and a tokens/s plot.
 //!
 //! ```sh
-//! cargo build --release --bin sluice --bin sluice-bench
+//! cargo build --release --bin sluice --bin sluice-worker --bin sluice-bench --bin sluice-extract-pdf
 //! target/release/sluice-bench --docs 1000 --latency-ms 50
+//! target/release/sluice-bench --mode fleet --workers 4 --docs 5000 --tpm 1000000 --rpm 2000 \
+//!     --latency-ms 300 --json bench.json --plot bench.svg
 //! ```
 
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use sluice_loadtests::bench::figures::Figures;
+use sluice_loadtests::bench::{fleet, ingest, plot};
 use sluice_loadtests::corpus::{CorpusSpec, generate};
-use sluice_loadtests::emulator::EmulatorConfig;
+use sluice_loadtests::emulator::{EmulatorConfig, EmulatorHandle};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One `sluice ingest` process (embedded Qdrant and SQLite).
+    Ingest,
+    /// `--workers` `sluice-worker` processes on RabbitMQ, PostgreSQL and a Qdrant stand-in.
+    Fleet,
+}
 
 #[derive(Parser)]
-#[command(about = "Benchmark `sluice ingest` against the provider emulator")]
+#[command(about = "Benchmark Sluice against the provider emulator")]
 struct Args {
+    #[arg(long, value_enum, default_value = "ingest")]
+    mode: Mode,
+    /// Worker processes (fleet mode).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Documents in the generated corpus.
     #[arg(long, default_value_t = 1000)]
     docs: usize,
@@ -28,35 +47,68 @@ struct Args {
     /// Format mix in percent: pdf,markdown,html,text.
     #[arg(long, default_value = "25,25,25,25")]
     mix: String,
+    /// Large PDFs added to the corpus.
+    #[arg(long, default_value_t = 0)]
+    large_pdfs: usize,
+    /// Size of each large PDF, MB.
+    #[arg(long, default_value_t = 50)]
+    large_pdf_mb: usize,
     /// Emulator latency per request, milliseconds.
     #[arg(long, default_value_t = 50)]
     latency_ms: u64,
+    /// Emulator limit: tokens per minute (429 beyond it); none by default.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Emulator limit: requests per minute (429 beyond it); none by default.
+    #[arg(long)]
+    rpm: Option<u64>,
     /// Embedding provider wire format: voyage or openai; `bm25` runs without the emulator.
     #[arg(long, default_value = "voyage")]
     provider: String,
     /// The `sluice` binary (default: next to this one).
     #[arg(long)]
     sluice: Option<PathBuf>,
-    /// Documents processed at once (SLUICE_CONCURRENCY); default: sluice's own default.
+    /// The `sluice-worker` binary (default: next to this one).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// Documents processed at once (SLUICE_CONCURRENCY, ingest) / jobs per worker
+    /// (SLUICE_WORKER_CONCURRENCY, fleet); default: Sluice's own.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Extra environment for `sluice` / the workers, KEY=VALUE (repeatable), e.g. the workers'
+    /// own rate-limit settings. The bench's own SLUICE_* environment is passed on too.
+    #[arg(long = "worker-env", value_name = "KEY=VALUE")]
+    worker_env: Vec<String>,
+    /// PostgreSQL for fleet mode (default: a fresh database on the local server, dropped after).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Give up on a fleet run after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write an SVG plot of tokens/s over the run against the TPM limit here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name(name),
+    };
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release --bin {name}) or pass its path",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sluice = match args.sluice.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("sluice"),
-    };
-    if !sluice.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release --bin sluice) or pass --sluice",
-            sluice.display()
-        );
-    }
     let mix: Vec<u32> = args
         .mix
         .split(',')
@@ -66,118 +118,143 @@ fn main() -> anyhow::Result<()> {
     let [pdf, md, html, txt] = mix[..] else {
         bail!("--mix takes four numbers: pdf,markdown,html,text")
     };
+    if args.mode == Mode::Fleet && args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let mut env: HashMap<String, String> = HashMap::new();
+    for pair in &args.worker_env {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--worker-env {pair:?} is not KEY=VALUE"))?;
+        env.insert(key.to_string(), value.to_string());
+    }
+    // Resolve the binaries before spending minutes on a corpus.
+    let program = match args.mode {
+        Mode::Ingest => binary(&args.sluice, "sluice")?,
+        Mode::Fleet => binary(&args.worker_bin, "sluice-worker")?,
+    };
 
     let work = tempfile::tempdir()?;
     let corpus_dir = work.path().join("corpus");
-    eprintln!("generating {} documents…", args.docs);
+    eprintln!(
+        "generating {} documents (+{} large PDFs)…",
+        args.docs, args.large_pdfs
+    );
     let spec = CorpusSpec {
         documents: args.docs,
         doc_bytes: args.doc_bytes,
         mix: [pdf, md, html, txt],
+        large_pdfs: args.large_pdfs,
+        large_pdf_bytes: args.large_pdf_mb << 20,
         ..Default::default()
     };
     let corpus = generate(&corpus_dir, &spec)?;
 
     let rt = tokio::runtime::Runtime::new()?;
-    let mut cmd = Command::new(&sluice);
-    cmd.arg("ingest").arg(&corpus_dir).arg("--json");
-    cmd.env("SLUICE_DATA_DIR", work.path().join("data"));
-    if let Some(c) = args.concurrency {
-        cmd.env("SLUICE_CONCURRENCY", c.to_string());
-    }
-    if args.provider != "bm25" {
+    let emulator: Option<EmulatorHandle> = if args.provider == "bm25" {
+        None
+    } else {
         let config = EmulatorConfig {
             latency: Duration::from_millis(args.latency_ms),
+            tokens_per_window: args.tpm,
+            requests_per_window: args.rpm,
+            rate_window: Duration::from_secs(60),
             ..Default::default()
         };
         let (addr, handle) = rt.block_on(sluice_loadtests::emulator::spawn(config))?;
-        std::mem::forget(handle);
-        cmd.env("SLUICE_EMBED_PROVIDER", &args.provider)
-            .env("SLUICE_EMBED_BASE_URL", format!("http://{addr}"))
-            .env("SLUICE_EMBED_API_KEY", "bench");
+        for (key, value) in [
+            ("SLUICE_EMBED_PROVIDER", args.provider.clone()),
+            ("SLUICE_EMBED_BASE_URL", format!("http://{addr}")),
+            ("SLUICE_EMBED_API_KEY", "bench".to_string()),
+        ] {
+            env.entry(key.into()).or_insert(value);
+        }
+        // The limits as an operator configures them, copied from the provider's account page
+        // (`--worker-env SLUICE_EMBED_TPM=…` overrides, `SLUICE_EMBED_BUDGET=process` makes
+        // each worker spend them alone).
+        for (key, limit) in [
+            ("SLUICE_EMBED_TPM", args.tpm),
+            ("SLUICE_EMBED_RPM", args.rpm),
+        ] {
+            if let Some(limit) = limit {
+                env.entry(key.into()).or_insert(limit.to_string());
+            }
+        }
+        Some(handle)
+    };
+    if let Some(c) = args.concurrency {
+        let key = match args.mode {
+            Mode::Ingest => "SLUICE_CONCURRENCY",
+            Mode::Fleet => "SLUICE_WORKER_CONCURRENCY",
+        };
+        env.entry(key.into()).or_insert(c.to_string());
     }
+
     eprintln!(
-        "running {} ingest over {} files ({:.1} MB)…",
-        sluice.display(),
+        "running {} over {} files ({:.1} MB)…",
+        program.display(),
         corpus.files,
         corpus.bytes as f64 / 1e6
     );
-    let started = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_string(&mut stdout)?;
-    let (status, peak_rss_kib) = wait_with_rusage(child.id() as i32)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let summary: serde_json::Value =
-        serde_json::from_str(&stdout).with_context(|| format!("sluice output: {stdout}"))?;
-    if status != 0 && status != 3 {
-        bail!("sluice exited with status {status}");
+    let (mut figures, started, finished): (Figures, Instant, Instant) = match args.mode {
+        Mode::Ingest => {
+            let out = ingest::run(&program, &corpus_dir, &work.path().join("data"), &env)?;
+            (out.figures, out.started, out.finished)
+        }
+        Mode::Fleet => {
+            std::fs::create_dir_all(work.path().join("logs"))?;
+            let options = fleet::FleetOptions {
+                workers: args.workers,
+                worker_bin: program.clone(),
+                database_url: args.database_url.clone(),
+                env: env.clone(),
+                timeout: Duration::from_secs(args.timeout_secs),
+                log_dir: work.path().join("logs"),
+            };
+            let out = rt.block_on(fleet::run(&options, &corpus_dir))?;
+            let started = out.started.expect("fleet run start");
+            let finished = out.finished.expect("fleet run end");
+            (out.figures, started, finished)
+        }
+    };
+    figures.provider = args.provider.clone();
+    figures.emulator_latency_ms = args.latency_ms;
+    figures.tpm_limit = args.tpm;
+    figures.rpm_limit = args.rpm;
+    figures.documents = corpus.files;
+    figures.corpus_mb = corpus.bytes as f64 / 1e6;
+    figures.compute_rates();
+    if let Some(emulator) = &emulator {
+        let stats = emulator.stats();
+        // The emulator's clock started before the run: map the run's instants onto its seconds.
+        let now = Instant::now();
+        let at = |t: Instant| (stats.uptime_secs - (now - t).as_secs_f64()).max(0.0) as u64;
+        figures.apply_emulator(&stats, at(started), at(finished));
     }
-    let chunks = summary["chunks"].as_u64().unwrap_or(0);
-    let figures = serde_json::json!({
-        "documents": corpus.files,
-        "indexed": summary["indexed"],
-        "failed": summary["failed"],
-        "chunks": chunks,
-        "tokens": summary["tokens"],
-        "corpus_mb": corpus.bytes as f64 / 1e6,
-        "elapsed_secs": elapsed,
-        "documents_per_sec": corpus.files as f64 / elapsed,
-        "chunks_per_sec": chunks as f64 / elapsed,
-        "mb_per_sec": corpus.bytes as f64 / 1e6 / elapsed,
-        "peak_rss_mb": peak_rss_kib as f64 / 1024.0,
-        "emulator_latency_ms": args.latency_ms,
-        "provider": args.provider,
-    });
-    println!(
-        "sluice ingest benchmark ({} provider, {} ms emulator latency)",
-        args.provider, args.latency_ms
-    );
-    println!(
-        "  documents   {} ({} indexed, {} failed), {:.1} MB",
-        corpus.files,
-        summary["indexed"],
-        summary["failed"],
-        corpus.bytes as f64 / 1e6
-    );
-    println!("  elapsed     {elapsed:.2} s");
-    println!("  documents/s {:.1}", corpus.files as f64 / elapsed);
-    println!(
-        "  chunks/s    {:.1} ({chunks} chunks)",
-        chunks as f64 / elapsed
-    );
-    println!("  MB/s        {:.2}", corpus.bytes as f64 / 1e6 / elapsed);
-    println!(
-        "  peak RSS    {:.1} MB (largest of sluice and its PDF children)",
-        peak_rss_kib as f64 / 1024.0
-    );
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+    print!("{}", figures.render());
+    if figures.elapsed_secs < 180.0 && figures.tpm_limit.is_some() {
+        eprintln!(
+            "note: the emulator's limit is a 60 s sliding window, so a run this short can burst \
+             above the per-second rate; steady-state figures need several minutes"
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "{} ({} worker{}), {} ms latency: tokens/s admitted vs the TPM limit",
+            figures.mode,
+            figures.workers,
+            if figures.workers == 1 { "" } else { "s" },
+            figures.emulator_latency_ms
+        );
+        std::fs::write(path, plot::tokens_svg(&figures.series, args.tpm, &title))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(emulator) = emulator {
+        rt.block_on(emulator.shutdown())?;
     }
     Ok(())
-}
-
-/// Waits for `pid` and returns its exit status and the peak RSS (KiB) over it and every
-/// descendant it waited for (the PDF extraction children).
-fn wait_with_rusage(pid: i32) -> anyhow::Result<(i32, i64)> {
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: plain syscall on our own child; `status` and `usage` are valid out-pointers.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if rc < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    let mut children: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_CHILDREN covers grandchildren reaped by the child.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut children) };
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((code, usage.ru_maxrss.max(children.ru_maxrss)))
 }

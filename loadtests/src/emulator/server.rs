@@ -394,7 +394,10 @@ async fn embeddings(
 
     let admitted = lock(&state.window).admit(Instant::now(), parsed.total_tokens);
     let rate_status = match admitted {
-        Ok(status) => status,
+        Ok(status) => {
+            lock(&state.stats).admitted(parsed.total_tokens);
+            status
+        }
         Err(limited) => {
             state.record(Outcome::RateLimited, 0, 0);
             let detail = Some((limited.kind, limited.limit, limited.used, limited.requested));

@@ -1,5 +1,6 @@
 //! What the emulator has seen: counters for `GET /admin/stats` and `/metrics`, and a per-second
-//! timeline of tokens served (the throughput plots of the load tests come from it).
+//! timeline of requests and tokens admitted, served and refused with 429 (the throughput plots of
+//! `sluice-bench` come from it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,10 +28,21 @@ pub enum Outcome {
 pub struct TimelineEntry {
     /// Seconds since the emulator started.
     pub second: u64,
+    /// Embedding requests received (every outcome).
     pub requests: u64,
+    /// Requests answered 200, counted when the answer was sent (after the latency).
     pub succeeded: u64,
+    /// Requests answered 429 (rate window or injected).
     pub rate_limited: u64,
+    /// Tokens of the requests in `succeeded`.
     pub tokens: u64,
+    /// Requests the rate window let through, counted when admitted: this (not `succeeded`, which
+    /// lags by the latency) is what the window charges, so a rate-limit plot must use it.
+    #[serde(default)]
+    pub admitted: u64,
+    /// Tokens of the requests in `admitted`.
+    #[serde(default)]
+    pub admitted_tokens: u64,
 }
 
 /// `GET /admin/stats`.
@@ -98,6 +110,13 @@ impl Stats {
 
     pub fn request_finished(&mut self) {
         self.snapshot.in_flight = self.snapshot.in_flight.saturating_sub(1);
+    }
+
+    /// The rate window let a request of `tokens` through (it may still fail later).
+    pub fn admitted(&mut self, tokens: u64) {
+        let entry = self.entry();
+        entry.admitted += 1;
+        entry.admitted_tokens += tokens;
     }
 
     pub fn hung(&mut self) {
@@ -203,6 +222,7 @@ mod tests {
         let mut stats = Stats::new();
         stats.request_started();
         stats.request_started();
+        stats.admitted(30);
         stats.record(Outcome::Ok, 3, 30);
         stats.request_finished();
         stats.record(Outcome::RateLimited, 0, 0);
@@ -220,6 +240,11 @@ mod tests {
         );
         assert_eq!(s.batch_sizes, vec![3]);
         assert_eq!(s.timeline.iter().map(|e| e.tokens).sum::<u64>(), 30);
+        let admitted: (u64, u64) = s
+            .timeline
+            .iter()
+            .fold((0, 0), |(n, t), e| (n + e.admitted, t + e.admitted_tokens));
+        assert_eq!(admitted, (1, 30));
         assert!(
             stats
                 .prometheus()

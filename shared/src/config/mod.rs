@@ -57,6 +57,29 @@ impl FromStr for ProviderKind {
     }
 }
 
+/// Who shares `SLUICE_EMBED_TPM` / `SLUICE_EMBED_RPM` (`SLUICE_EMBED_BUDGET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// Every process on the same PostgreSQL draws from one bucket per account (the default;
+    /// with SQLite there is one process, so it is the same as `Process`).
+    Fleet,
+    /// Each process on its own: for a process with an account of its own.
+    Process,
+}
+
+impl FromStr for BudgetScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fleet" => Ok(BudgetScope::Fleet),
+            "process" => Ok(BudgetScope::Process),
+            other => Err(format!(
+                "unknown scope {other:?}; expected fleet or process"
+            )),
+        }
+    }
+}
+
 /// Dense embedding provider settings (`SLUICE_EMBED_*`).
 #[derive(Debug, Clone)]
 pub struct EmbedConfig {
@@ -77,8 +100,28 @@ pub struct EmbedConfig {
     pub request_timeout: Duration,
     /// `SLUICE_EMBED_MAX_RETRIES`: retries for 429/5xx/timeouts before the document fails (default 8).
     pub max_retries: u32,
-    /// `SLUICE_EMBED_CONCURRENCY`: embedding requests in flight per document (default 4).
+    /// `SLUICE_EMBED_CONCURRENCY`: embedding requests in flight at first, per process (default 4).
+    /// The process-wide limiter starts here and adapts (AIMD): +1 after a limit's worth of
+    /// successes, halved on a 429, within 1..=`SLUICE_EMBED_MAX_CONCURRENCY`.
     pub concurrency: usize,
+    /// `SLUICE_EMBED_MAX_CONCURRENCY`: ceiling of the adaptive limit (default 64; at least
+    /// `SLUICE_EMBED_CONCURRENCY`). Also how many requests one `embed` call may fan out to.
+    pub max_concurrency: usize,
+    /// `SLUICE_EMBED_TPM`: tokens per minute this process may send (estimated, corrected by the
+    /// provider's billed usage); unset = no local limit. Set it a few percent under the
+    /// provider's limit, which counts with its own tokenizer and clock.
+    pub tokens_per_minute: Option<u64>,
+    /// `SLUICE_EMBED_RPM`: requests per minute this process may send; unset = no local limit.
+    pub requests_per_minute: Option<u64>,
+    /// `SLUICE_EMBED_LINGER_MS`: how long the first chunk waiting for a packed embedding request
+    /// waits for chunks of other documents before the request is sent anyway (default 20; 0 still
+    /// packs whatever is already waiting). Queries are never held back.
+    pub linger: Duration,
+    /// `SLUICE_EMBED_BUDGET`: `fleet` (default) or `process`, see [`BudgetScope`].
+    pub budget_scope: BudgetScope,
+    /// `SLUICE_EMBED_BUDGET_KEY`: the account whose limits the fleet shares (default: provider,
+    /// API host and model). Processes with the same key share one bucket.
+    pub budget_key: Option<String>,
 }
 
 /// Everything the binaries need. See the module docs for how names map to env and file.
@@ -98,6 +141,9 @@ pub struct Settings {
     pub database_url: Option<Secret>,
     /// `SLUICE_MAX_FILE_SIZE`: larger source files are rejected (default 100MiB).
     pub max_file_size: u64,
+    /// `SLUICE_MAX_INFLIGHT_BYTES`: source bytes of the documents processed at once (default
+    /// 64MiB); a larger document runs alone. Bounds memory by size, see `memory.rs`.
+    pub max_inflight_bytes: u64,
     /// `SLUICE_CONCURRENCY`: documents processed at once (default 16: most of a document's time is
     /// spent waiting on the embedding provider and disk, so more than the core count pays off;
     /// each one in flight holds its bytes in memory).
@@ -349,6 +395,12 @@ impl Settings {
             request_timeout: l.secs("embed_timeout_secs", 60)?,
             max_retries: l.get("embed_max_retries", 8)?,
             concurrency: l.get("embed_concurrency", 4)?,
+            max_concurrency: l.get("embed_max_concurrency", 64)?,
+            tokens_per_minute: l.opt("embed_tpm")?,
+            requests_per_minute: l.opt("embed_rpm")?,
+            linger: Duration::from_millis(l.get("embed_linger_ms", 20)?),
+            budget_scope: l.get("embed_budget", BudgetScope::Fleet)?,
+            budget_key: l.opt("embed_budget_key")?,
         };
         let settings = Settings {
             data_dir: l.get("data_dir", PathBuf::from("sluice-data"))?,
@@ -358,6 +410,7 @@ impl Settings {
             qdrant_api_key: l.secret("qdrant_api_key")?,
             database_url: l.secret("database_url")?,
             max_file_size: l.size("max_file_size", 100 << 20)?,
+            max_inflight_bytes: l.size("max_inflight_bytes", 64 << 20)?,
             concurrency: l.get("concurrency", 16)?,
             chunk_max_tokens: l.get("chunk_max_tokens", 512)?,
             chunk_overlap_tokens: l.get("chunk_overlap_tokens", 64)?,
@@ -384,6 +437,33 @@ impl Settings {
         }
         if self.embed.concurrency == 0 {
             return Err(invalid("SLUICE_EMBED_CONCURRENCY", "must be at least 1"));
+        }
+        if self.embed.max_concurrency < self.embed.concurrency {
+            return Err(invalid(
+                "SLUICE_EMBED_MAX_CONCURRENCY",
+                format!(
+                    "must be at least SLUICE_EMBED_CONCURRENCY ({})",
+                    self.embed.concurrency
+                ),
+            ));
+        }
+        if self.embed.tokens_per_minute == Some(0) {
+            return Err(invalid(
+                "SLUICE_EMBED_TPM",
+                "must be at least 1 (unset it for no limit)",
+            ));
+        }
+        if self.embed.requests_per_minute == Some(0) {
+            return Err(invalid(
+                "SLUICE_EMBED_RPM",
+                "must be at least 1 (unset it for no limit)",
+            ));
+        }
+        if self.max_inflight_bytes < 1 << 20 {
+            return Err(invalid(
+                "SLUICE_MAX_INFLIGHT_BYTES",
+                "must be at least 1MiB",
+            ));
         }
         if self.chunk_max_tokens < 16 {
             return Err(invalid("SLUICE_CHUNK_MAX_TOKENS", "must be at least 16"));
@@ -568,5 +648,34 @@ mod tests {
     fn collection_names_are_checked() {
         assert!(load(&[("SLUICE_COLLECTION", "a/b")]).is_err());
         assert!(load(&[("SLUICE_COLLECTION", "docs_v2-en")]).is_ok());
+    }
+
+    #[test]
+    fn embed_rate_limits_default_to_unlimited_and_are_validated() {
+        let s = load(&[]).unwrap();
+        assert_eq!((s.embed.concurrency, s.embed.max_concurrency), (4, 64));
+        assert_eq!(
+            (s.embed.tokens_per_minute, s.embed.requests_per_minute),
+            (None, None)
+        );
+        let s = load(&[("SLUICE_EMBED_TPM", "950000"), ("SLUICE_EMBED_RPM", "1900")]).unwrap();
+        assert_eq!(s.embed.tokens_per_minute, Some(950_000));
+        assert_eq!(s.embed.requests_per_minute, Some(1900));
+        let err = load(&[
+            ("SLUICE_EMBED_CONCURRENCY", "8"),
+            ("SLUICE_EMBED_MAX_CONCURRENCY", "4"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SLUICE_EMBED_MAX_CONCURRENCY"), "{err}");
+        let err = load(&[("SLUICE_EMBED_TPM", "0")]).unwrap_err().to_string();
+        assert!(err.contains("SLUICE_EMBED_TPM"), "{err}");
+        assert_eq!(s.embed.budget_scope, BudgetScope::Fleet);
+        let s = load(&[("SLUICE_EMBED_BUDGET", "process")]).unwrap();
+        assert_eq!(s.embed.budget_scope, BudgetScope::Process);
+        let err = load(&[("SLUICE_EMBED_BUDGET", "org")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SLUICE_EMBED_BUDGET"), "{err}");
     }
 }

@@ -7,6 +7,8 @@
 
 use std::ops::Range;
 
+use super::{DenseEmbeddings, EmbedError};
+
 /// A cheap, conservative token estimate: UTF-8 bytes / 3, rounded up.
 ///
 /// English prose averages about 4 bytes per cl100k or Voyage token, code and numbers about 3, so
@@ -98,6 +100,54 @@ pub fn plan_batches(texts: &[String], limits: &BatchLimits) -> Result<Vec<Batch>
         });
     }
     Ok(batches)
+}
+
+/// Sends `texts` as one request with `send`; when the provider refuses it as too big for one
+/// request (`too_big` — our token estimate is only an approximation of its tokenizer), splits it in
+/// half and sends each half, recursively, so the documents never fail for the batching's sake.
+/// Only a single input the provider refuses on its own is an error (the provider's, unchanged).
+///
+/// The halves go one after the other: the split is rare, and sending them at once would double
+/// the request rate exactly when the provider is telling us we misjudged its limits.
+pub(crate) async fn send_splitting<'t, F, Fut>(
+    provider: &'static str,
+    texts: &'t [String],
+    too_big: fn(&EmbedError) -> bool,
+    mut send: F,
+) -> Result<DenseEmbeddings, EmbedError>
+where
+    F: FnMut(&'t [String]) -> Fut,
+    Fut: Future<Output = Result<DenseEmbeddings, EmbedError>>,
+{
+    let mut out = DenseEmbeddings {
+        vectors: Vec::with_capacity(texts.len()),
+        tokens: 0,
+    };
+    // Ranges still to send, the next one on top; halves are pushed right first so vectors come
+    // back in input order.
+    let mut todo: Vec<Range<usize>> = Vec::with_capacity(1);
+    todo.push(0..texts.len());
+    while let Some(range) = todo.pop() {
+        match send(&texts[range.clone()]).await {
+            Ok(part) => {
+                out.vectors.extend(part.vectors);
+                out.tokens += part.tokens;
+            }
+            Err(error) if range.len() > 1 && too_big(&error) => {
+                let mid = range.start + range.len() / 2;
+                tracing::warn!(
+                    provider,
+                    inputs = range.len(),
+                    %error,
+                    "provider refused the batch as too large, splitting it in half"
+                );
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

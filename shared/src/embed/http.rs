@@ -3,6 +3,7 @@
 //! only in their request/response bodies, which live in `voyage.rs` and `openai.rs`.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -11,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::batch::{Batch, BatchLimits, plan_batches};
+use super::limiter::{EmbedLimiter, RateHeaders, RequestOutcome};
 use super::retry::{AttemptError, RetryPolicy, parse_retry_after, with_retries};
 use super::{DenseEmbeddings, EmbedError};
 use crate::secret::{Secret, redact_url};
@@ -27,6 +29,14 @@ pub(crate) struct HttpSender {
     auth: Option<(HeaderName, HeaderValue)>,
     key: Option<Secret>,
     policy: RetryPolicy,
+    limiter: Option<Arc<EmbedLimiter>>,
+}
+
+/// What an answer said that the limiter learns from, besides its status.
+#[derive(Default)]
+struct Feedback {
+    headers: Option<RateHeaders>,
+    billed_tokens: Option<u64>,
 }
 
 /// Settings shared by every HTTP provider.
@@ -38,6 +48,8 @@ pub(crate) struct SenderSettings<'a> {
     pub api_key_header: Option<&'a str>,
     pub request_timeout: Duration,
     pub policy: RetryPolicy,
+    /// Admission control shared by every request of the embedder; `None` sends at once.
+    pub limiter: Option<Arc<EmbedLimiter>>,
 }
 
 impl HttpSender {
@@ -85,6 +97,7 @@ impl HttpSender {
             auth,
             key: settings.api_key.cloned(),
             policy: settings.policy,
+            limiter: settings.limiter,
         })
     }
 
@@ -101,8 +114,37 @@ impl HttpSender {
     }
 
     async fn attempt<R: DeserializeOwned>(&self, body: &[u8]) -> Result<R, AttemptError> {
+        // Every attempt is a request the provider counts, so each one asks the limiter. The
+        // estimate is taken over the whole JSON body (the bytes/3 rule of `estimate_tokens`):
+        // the few bytes of framing only make it more conservative, and it is settled against the
+        // billed `usage` when the answer comes.
+        let permit = match &self.limiter {
+            Some(limiter) => {
+                let tokens = body.len().div_ceil(3) as u64;
+                Some(limiter.acquire(tokens).await)
+            }
+            None => None,
+        };
         let started = Instant::now();
-        let result = self.attempt_inner(body).await;
+        let mut feedback = Feedback::default();
+        let result = self.attempt_inner(body, &mut feedback).await;
+        if let Some(permit) = permit {
+            permit.finish(match &result {
+                Ok(_) => RequestOutcome::Success {
+                    headers: feedback.headers,
+                    billed_tokens: feedback.billed_tokens,
+                },
+                Err(AttemptError::Status {
+                    status: 429,
+                    retry_after,
+                    ..
+                }) => RequestOutcome::RateLimited {
+                    retry_after: *retry_after,
+                    headers: feedback.headers,
+                },
+                Err(_) => RequestOutcome::Failed,
+            });
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(AttemptError::Status { status: 429, .. }) => "rate_limited",
@@ -125,7 +167,11 @@ impl HttpSender {
         result
     }
 
-    async fn attempt_inner<R: DeserializeOwned>(&self, body: &[u8]) -> Result<R, AttemptError> {
+    async fn attempt_inner<R: DeserializeOwned>(
+        &self,
+        body: &[u8],
+        feedback: &mut Feedback,
+    ) -> Result<R, AttemptError> {
         let mut request = self
             .client
             .post(self.url.clone())
@@ -139,11 +185,17 @@ impl HttpSender {
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
+        if self.limiter.is_some() {
+            feedback.headers = RateHeaders::from_headers(response.headers());
+        }
         if status.is_success() {
             let bytes = response
                 .bytes()
                 .await
                 .map_err(|e| self.transport_error(e))?;
+            if self.limiter.is_some() {
+                feedback.billed_tokens = billed_tokens(&bytes);
+            }
             return serde_json::from_slice(&bytes).map_err(|e| {
                 AttemptError::Protocol(format!(
                     "HTTP {} body does not match the embeddings response format: {e}",
@@ -202,6 +254,27 @@ impl HttpSender {
             Some(_) | None => text,
         }
     }
+}
+
+/// The `usage.total_tokens` of a success body, read from its tail: both Voyage and OpenAI put
+/// `usage` after `data`, and scanning the last bytes is cheaper than decoding megabytes of
+/// vectors a second time. `None` when it is not there (then the estimate stands).
+pub(crate) fn billed_tokens(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"total_tokens\"";
+    let tail = &body[body.len().saturating_sub(512)..];
+    let at = tail.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = &tail[at + KEY.len()..];
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    let rest = rest.strip_prefix(b":")?;
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let digits = rest[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&rest[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// `<base>/v1/embeddings`, or `<base>/embeddings` when the base already ends in `/v1` (the usual
@@ -382,6 +455,7 @@ mod tests {
             api_key_header: None,
             request_timeout: Duration::from_secs(1),
             policy: RetryPolicy::default(),
+            limiter: None,
         })
         .unwrap();
         let scrubbed = sender.scrub("Incorrect API key provided: sk-very-secret.".to_string());
@@ -406,6 +480,7 @@ mod tests {
                 max_delay: Duration::from_millis(1),
                 ..RetryPolicy::default()
             },
+            limiter: None,
         })
         .unwrap();
         let err = sender
@@ -417,6 +492,21 @@ mod tests {
             "{err}"
         );
         assert!(!format!("{err} {err:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn billed_tokens_are_read_from_the_body_tail() {
+        assert_eq!(
+            billed_tokens(
+                br#"{"data":[],"model":"m","usage":{"prompt_tokens":7,"total_tokens":42}}"#
+            ),
+            Some(42)
+        );
+        assert_eq!(
+            billed_tokens(br#"{"usage": {"total_tokens" : 5}}"#),
+            Some(5)
+        );
+        assert_eq!(billed_tokens(br#"{"data":[]}"#), None);
     }
 
     #[test]

@@ -5,13 +5,17 @@
 pub mod batch;
 pub mod bm25;
 mod http;
+pub mod limiter;
 pub mod openai;
+pub mod packing;
 pub mod retry;
 pub mod voyage;
 
 pub use batch::{Batch, BatchClose, BatchLimits, estimate_tokens};
 pub use bm25::{Bm25Encoder, Bm25Settings};
+pub use limiter::{EmbedLimiter, LimiterPermit, LimiterSettings, RequestOutcome};
 pub use openai::{OpenAiEmbedder, OpenAiSettings};
+pub use packing::{PackingEmbedder, PackingSettings};
 pub use voyage::{VoyageEmbedder, VoyageSettings};
 
 use async_trait::async_trait;
@@ -34,7 +38,7 @@ pub struct DenseEmbeddings {
 }
 
 /// Why embedding failed. Messages carry the provider's own words but never the API key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {
     /// 429 after the retry budget was spent.
     #[error("{provider}: rate limited (HTTP 429) after {attempts} attempts: {message}")]

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::batch::BatchLimits;
+use super::batch::{BatchLimits, send_splitting};
 use super::http::{HttpSender, SenderSettings, embed_all, order_vectors};
 use super::retry::RetryPolicy;
 use super::{DenseEmbeddings, EmbedError, Embedder, InputKind};
@@ -106,6 +106,9 @@ pub struct OpenAiSettings {
     pub max_tokens_per_request: Option<usize>,
     /// Requests of one `embed` call in flight at once (shared TPM limit: keep it small).
     pub max_concurrent_requests: usize,
+    /// Process-wide admission control (AIMD concurrency, TPM/RPM) shared by every request of
+    /// this embedder; `None` sends requests as soon as `max_concurrent_requests` allows.
+    pub limiter: Option<std::sync::Arc<super::EmbedLimiter>>,
 }
 
 impl Default for OpenAiSettings {
@@ -124,6 +127,7 @@ impl Default for OpenAiSettings {
             max_inputs_per_request: None,
             max_tokens_per_request: None,
             max_concurrent_requests: 4,
+            limiter: None,
         }
     }
 }
@@ -244,6 +248,7 @@ impl OpenAiEmbedder {
                 max_delay: settings.retry_max_delay,
                 ..RetryPolicy::default()
             },
+            limiter: settings.limiter.clone(),
         })?;
         Ok(OpenAiEmbedder {
             settings,
@@ -293,6 +298,14 @@ impl OpenAiEmbedder {
     }
 }
 
+/// Whether `error` is an OpenAI-compatible server refusing a request for its size rather than its
+/// content: `"Requested N tokens, max M tokens per request"` or `"Too many inputs"`. The sender
+/// keeps only the error's message (not its `code`), so the documented wording is what is matched.
+pub fn is_batch_too_large(error: &EmbedError) -> bool {
+    matches!(error, EmbedError::Rejected { status: 400, message, .. }
+        if message.contains("tokens per request") || message.contains("Too many inputs"))
+}
+
 #[async_trait]
 impl Embedder for OpenAiEmbedder {
     fn fingerprint(&self) -> String {
@@ -312,7 +325,11 @@ impl Embedder for OpenAiEmbedder {
             texts,
             &self.limits,
             self.settings.max_concurrent_requests,
-            |chunk| self.send(chunk),
+            |chunk| {
+                send_splitting(PROVIDER, chunk, is_batch_too_large, move |part| {
+                    self.send(part)
+                })
+            },
         )
         .await
     }

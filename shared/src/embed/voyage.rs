@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::batch::BatchLimits;
+use super::batch::{BatchLimits, send_splitting};
 use super::http::{HttpSender, SenderSettings, embed_all, order_vectors};
 use super::retry::RetryPolicy;
 use super::{DenseEmbeddings, EmbedError, Embedder, InputKind};
@@ -169,6 +169,9 @@ pub struct VoyageSettings {
     /// Requests of one `embed` call in flight at once. Each worker multiplies this, and together
     /// they share the organisation's tokens-per-minute limit, so keep it small.
     pub max_concurrent_requests: usize,
+    /// Process-wide admission control (AIMD concurrency, TPM/RPM) shared by every request of
+    /// this embedder; `None` sends requests as soon as `max_concurrent_requests` allows.
+    pub limiter: Option<std::sync::Arc<super::EmbedLimiter>>,
 }
 
 impl Default for VoyageSettings {
@@ -185,6 +188,7 @@ impl Default for VoyageSettings {
             max_inputs_per_request: None,
             max_tokens_per_request: None,
             max_concurrent_requests: 4,
+            limiter: None,
         }
     }
 }
@@ -277,6 +281,7 @@ impl VoyageEmbedder {
                 max_delay: settings.retry_max_delay,
                 ..RetryPolicy::default()
             },
+            limiter: settings.limiter.clone(),
         })?;
         Ok(VoyageEmbedder {
             settings,
@@ -322,6 +327,14 @@ impl VoyageEmbedder {
     }
 }
 
+/// Whether `error` is Voyage refusing a request for its size rather than its content: the total
+/// tokens (`"The max allowed tokens per submitted batch is …"`) or the number of inputs (`"The
+/// batch size limit is …"`). Voyage sends no error code, so its documented wording is all there is.
+pub fn is_batch_too_large(error: &EmbedError) -> bool {
+    matches!(error, EmbedError::Rejected { status: 400, message, .. }
+        if message.contains("max allowed tokens per submitted batch") || message.contains("batch size limit"))
+}
+
 #[async_trait]
 impl Embedder for VoyageEmbedder {
     fn fingerprint(&self) -> String {
@@ -341,7 +354,11 @@ impl Embedder for VoyageEmbedder {
             texts,
             &self.limits,
             self.settings.max_concurrent_requests,
-            |chunk| self.send(chunk, kind),
+            |chunk| {
+                send_splitting(PROVIDER, chunk, is_batch_too_large, move |part| {
+                    self.send(part, kind)
+                })
+            },
         )
         .await
     }

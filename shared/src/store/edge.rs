@@ -147,6 +147,26 @@ impl VectorStore for EdgeStore {
         .await
     }
 
+    async fn delete_version(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<(), StoreError> {
+        let mut filter = doc_filter(doc_id)?;
+        filter
+            .must
+            .get_or_insert_with(Vec::new)
+            .push(match_condition("version", ValueVariants::Integer(version))?);
+        self.apply(
+            collection,
+            vec![UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(filter),
+            )],
+        )
+        .await
+    }
+
     async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError> {
         let filter = doc_filter(doc_id)?;
         self.apply(

@@ -85,6 +85,14 @@ pub trait VectorStore: Send + Sync {
         keep_version: i64,
     ) -> Result<(), StoreError>;
 
+    /// Delete the points of `doc_id` at `version` (a version whose writing failed part-way).
+    async fn delete_version(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<(), StoreError>;
+
     /// Delete every point of `doc_id`.
     async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError>;
 

@@ -264,6 +264,19 @@ impl VectorStore for QdrantStore {
         self.delete_by_filter(collection, filter).await
     }
 
+    async fn delete_version(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<(), StoreError> {
+        let mut filter = doc_filter(doc_id);
+        filter
+            .must
+            .push(Condition::matches("version", MatchValue::Integer(version)));
+        self.delete_by_filter(collection, filter).await
+    }
+
     async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError> {
         self.delete_by_filter(collection, doc_filter(doc_id)).await
     }

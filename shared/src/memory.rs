@@ -1,0 +1,94 @@
+//! A byte budget for documents in flight (`SLUICE_MAX_INFLIGHT_BYTES`): a document's source
+//! size is reserved before it is read and released when it is done, so a handful of 50 MB PDFs
+//! arriving together are processed one after another instead of all at once. A document holds
+//! a few times its size while it is processed (bytes, text, chunks); the budget bounds that by
+//! what is in flight, not by how many documents the concurrency setting lets in.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Reservations are counted in KiB so a budget of many GiB fits a semaphore's `u32`.
+const UNIT: u64 = 1024;
+
+/// Shared by every document of a process; clones share the budget.
+#[derive(Debug, Clone)]
+pub struct DocumentBudget {
+    units: Arc<Semaphore>,
+    capacity_units: u32,
+}
+
+/// A document's share of the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl DocumentBudget {
+    pub fn new(bytes: u64) -> Self {
+        let capacity_units = (bytes / UNIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        DocumentBudget {
+            units: Arc::new(Semaphore::new(capacity_units as usize)),
+            capacity_units,
+        }
+    }
+
+    /// Waits until a document of `bytes` fits beside those in flight. One larger than the whole
+    /// budget waits for all of it and then runs alone. Waiters are served in arrival order, so a
+    /// large document is not starved by a stream of small ones.
+    pub async fn reserve(&self, bytes: u64) -> Reservation {
+        let units = bytes
+            .div_ceil(UNIT)
+            .clamp(1, u64::from(self.capacity_units)) as u32;
+        let permit = self
+            .units
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("the budget's semaphore is never closed");
+        Reservation { _permit: permit }
+    }
+
+    /// Bytes not reserved right now.
+    pub fn available(&self) -> u64 {
+        self.units.available_permits() as u64 * UNIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn large_documents_wait_for_each_other_and_small_ones_fit_beside() {
+        let budget = DocumentBudget::new(64 << 20);
+        let first = budget.reserve(50 << 20).await;
+        // A small document still fits next to the large one.
+        let small = budget.reserve(8 << 10).await;
+        // A second large one waits until the first is done.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), budget.reserve(50 << 20));
+        assert!(
+            waiting.await.is_err(),
+            "two 50 MB documents must not be in flight at once"
+        );
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), budget.reserve(50 << 20))
+            .await
+            .expect("the budget is released when a document is done");
+        drop((small, second));
+        assert_eq!(budget.available(), 64 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_document_over_the_whole_budget_runs_alone() {
+        let budget = DocumentBudget::new(64 << 20);
+        let huge = budget.reserve(100 << 20).await;
+        assert_eq!(budget.available(), 0);
+        drop(huge);
+        let empty = budget.reserve(0).await;
+        assert_eq!(budget.available(), (64 << 20) - 1024);
+        drop(empty);
+    }
+}
