@@ -251,6 +251,20 @@ mod cases {
         );
     }
 
+    /// The store's points are exactly `points` (ids, documents, versions), in any order.
+    async fn assert_store_holds_exactly(
+        store: &dyn VectorStore,
+        points: impl Iterator<Item = &Point>,
+    ) {
+        let mut listed = store.list_points("c").await.unwrap();
+        listed.sort();
+        let mut expected: Vec<_> = points
+            .map(|p| (p.id, p.payload.doc_id.clone(), p.payload.version))
+            .collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+
     pub async fn delete_other_versions_keeps_exactly_the_kept_version(store: &dyn VectorStore) {
         store.ensure_collection(&hybrid("c")).await.unwrap();
         // Document IDs with spaces, one a prefix of the other: the filter must be an exact keyword
@@ -264,15 +278,7 @@ mod cases {
             store.upsert("c", batch).await.unwrap();
         }
         store.delete_other_versions("c", a, 2).await.unwrap();
-        let mut listed = store.list_points("c").await.unwrap();
-        listed.sort();
-        let mut expected: Vec<_> = new
-            .iter()
-            .chain(&other)
-            .map(|p| (p.id, p.payload.doc_id.clone(), p.payload.version))
-            .collect();
-        expected.sort();
-        assert_eq!(listed, expected);
+        assert_store_holds_exactly(store, new.iter().chain(&other)).await;
         // Idempotent: a redelivered job deletes nothing more.
         store.delete_other_versions("c", a, 2).await.unwrap();
         assert_eq!(store.count("c", None).await.unwrap(), 4);
@@ -289,15 +295,7 @@ mod cases {
         let other = doc_points("a", 2, 2, 1);
         store.upsert("c", other.clone()).await.unwrap();
         store.delete_version("c", "a b", 2).await.unwrap();
-        let mut listed = store.list_points("c").await.unwrap();
-        listed.sort();
-        let mut expected: Vec<_> = current
-            .iter()
-            .chain(&other)
-            .map(|p| (p.id, p.payload.doc_id.clone(), p.payload.version))
-            .collect();
-        expected.sort();
-        assert_eq!(listed, expected);
+        assert_store_holds_exactly(store, current.iter().chain(&other)).await;
     }
 
     pub async fn delete_document_removes_every_version(store: &dyn VectorStore) {

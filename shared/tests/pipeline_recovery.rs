@@ -215,16 +215,21 @@ async fn a_long_document_is_written_in_windows_and_a_failed_version_leaves_no_ch
         sluice_shared::metadata::connect_any(dir.path().join("meta.sqlite").to_str().unwrap())
             .await
             .unwrap();
-    let embedder = Arc::new(FailingCall {
-        inner: sluice_shared::embed::VoyageEmbedder::new(sluice_shared::embed::VoyageSettings {
-            base_url: emulator.base_url(),
-            ..Default::default()
+    let failing_call = |fail_call: usize| {
+        Arc::new(FailingCall {
+            inner: sluice_shared::embed::VoyageEmbedder::new(
+                sluice_shared::embed::VoyageSettings {
+                    base_url: emulator.base_url(),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            calls: Default::default(),
+            fail_call,
         })
-        .unwrap(),
-        calls: Default::default(),
-        // First run: one call per window, never refused. Second run: its third window fails.
-        fail_call: 0,
-    });
+    };
+    // First run: one call per window, never refused. Second run: its third window fails.
+    let embedder = failing_call(0);
     let p = |embedder: Arc<FailingCall>| {
         Pipeline::new(
             ExtractSettings::with_defaults(),
@@ -270,16 +275,7 @@ async fn a_long_document_is_written_in_windows_and_a_failed_version_leaves_no_ch
         chunks
     );
 
-    let failing = Arc::new(FailingCall {
-        inner: sluice_shared::embed::VoyageEmbedder::new(sluice_shared::embed::VoyageSettings {
-            base_url: emulator.base_url(),
-            ..Default::default()
-        })
-        .unwrap(),
-        calls: Default::default(),
-        fail_call: 3,
-    });
-    let err = p(failing)
+    let err = p(failing_call(3))
         .index(&job, Ok(long("beaver")))
         .await
         .unwrap_err();

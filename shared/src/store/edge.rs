@@ -69,6 +69,16 @@ impl std::fmt::Debug for EdgeStore {
 }
 
 impl EdgeStore {
+    async fn delete_by_filter(&self, collection: &str, filter: Filter) -> Result<(), StoreError> {
+        self.apply(
+            collection,
+            vec![UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(filter),
+            )],
+        )
+        .await
+    }
+
     /// Open (creating if needed) the store in `data_dir`. Waits, without blocking the async
     /// threads, while another process holds the directory.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -138,13 +148,7 @@ impl VectorStore for EdgeStore {
             "version",
             ValueVariants::Integer(keep_version),
         )?]);
-        self.apply(
-            collection,
-            vec![UpdateOperation::PointOperation(
-                PointOperations::DeletePointsByFilter(filter),
-            )],
-        )
-        .await
+        self.delete_by_filter(collection, filter).await
     }
 
     async fn delete_version(
@@ -158,24 +162,12 @@ impl VectorStore for EdgeStore {
             .must
             .get_or_insert_with(Vec::new)
             .push(match_condition("version", ValueVariants::Integer(version))?);
-        self.apply(
-            collection,
-            vec![UpdateOperation::PointOperation(
-                PointOperations::DeletePointsByFilter(filter),
-            )],
-        )
-        .await
+        self.delete_by_filter(collection, filter).await
     }
 
     async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError> {
         let filter = doc_filter(doc_id)?;
-        self.apply(
-            collection,
-            vec![UpdateOperation::PointOperation(
-                PointOperations::DeletePointsByFilter(filter),
-            )],
-        )
-        .await
+        self.delete_by_filter(collection, filter).await
     }
 
     async fn count(&self, collection: &str, doc_id: Option<&str>) -> Result<u64, StoreError> {
