@@ -3,7 +3,8 @@
 //! pdf-extract panics on many malformed PDFs and can overflow its stack on deeply nested ones; a
 //! stack overflow aborts the whole process and `catch_unwind` cannot stop it. So the parent
 //! ([`extract_in_child`]) never parses PDFs itself: it starts a child (by default the running binary
-//! with the hidden [`CHILD_ARG`] argument), limits its address space with `RLIMIT_AS`, pipes the
+//! with the hidden [`CHILD_ARG`] argument), which limits its own address space with `RLIMIT_AS`
+//! before it reads anything (the limit travels in [`MEMORY_LIMIT_ENV`]), pipes the
 //! bytes to its stdin, and reads one JSON [`ChildReply`] from its stdout within a deadline. Whatever
 //! the child does — panic, abort, overflow, hang, run out of memory — the parent gets a typed
 //! [`ExtractError`] and the worker lives on.
@@ -28,6 +29,13 @@ use crate::model::{DocFormat, ExtractedDoc, Section};
 
 /// Hidden first argument that makes the `sluice` and `sluice-worker` binaries act as the PDF child.
 pub const CHILD_ARG: &str = "__extract-pdf";
+
+/// The child's address-space limit in bytes (0 = none), set by the parent. The child applies it
+/// itself rather than the parent between fork and exec: a `pre_exec` hook forces a real fork,
+/// which copies the page tables of the whole worker for every PDF (it showed as the largest
+/// kernel cost in a profile); without one the standard library spawns with `posix_spawn`
+/// (vfork semantics) and the worker's memory is never copied.
+pub const MEMORY_LIMIT_ENV: &str = "SLUICE_PDF_CHILD_MEMORY_LIMIT";
 
 /// Test-only fault injection switch read by the child; see the module docs.
 pub const FAULT_ENV: &str = "SLUICE_PDF_CHILD_FAULT";
@@ -78,6 +86,17 @@ pub fn run_child_if_requested() {
 /// The child process: read a PDF from stdin, write a JSON reply to stdout, exit 0. Exits with a
 /// non-zero code only if stdin/stdout themselves fail.
 pub fn child_main() -> ! {
+    let memory_limit = std::env::var(MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if let Err(error) = limit_child_resources(memory_limit) {
+        let _ = writeln!(
+            io::stderr(),
+            "pdf child cannot limit its resources: {error}"
+        );
+        std::process::exit(CHILD_IO_FAILURE);
+    }
     let code = match child_run() {
         Ok(()) => 0,
         Err(error) => {
@@ -245,13 +264,9 @@ pub async fn extract_in_child(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env(MEMORY_LIMIT_ENV, settings.pdf_memory_limit.to_string())
         .kill_on_drop(true);
     let memory_limit = settings.pdf_memory_limit;
-    // SAFETY: the closure runs between fork and exec and only calls setrlimit, which is
-    // async-signal-safe; it allocates nothing and takes no locks.
-    unsafe {
-        command.pre_exec(move || limit_child_resources(memory_limit));
-    }
     let started = Instant::now();
     let mut child = command.spawn().map_err(io_error)?;
     let stdin = child.stdin.take();
@@ -329,8 +344,8 @@ pub async fn extract_in_child(
     }
 }
 
-/// Runs in the forked child before exec: cap the address space and disable core dumps (a crashing
-/// parser must not litter the working directory with multi-gigabyte core files).
+/// Runs first in the child: cap the address space and disable core dumps (a crashing parser must
+/// not litter the working directory with multi-gigabyte core files).
 fn limit_child_resources(memory_limit: u64) -> io::Result<()> {
     let no_core = libc::rlimit {
         rlim_cur: 0,
