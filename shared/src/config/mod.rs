@@ -144,9 +144,9 @@ pub struct Settings {
     /// `SLUICE_MAX_INFLIGHT_BYTES`: source bytes of the documents processed at once (default
     /// 64MiB); a larger document runs alone. Bounds memory by size, see `memory.rs`.
     pub max_inflight_bytes: u64,
-    /// `SLUICE_CONCURRENCY`: documents processed at once (default 16: most of a document's time is
-    /// spent waiting on the embedding provider and disk, so more than the core count pays off;
-    /// each one in flight holds its bytes in memory).
+    /// `SLUICE_CONCURRENCY`: documents processed at once (default 64: most of a document's time is
+    /// spent waiting on the embedding provider, its packed requests and disk, so many more than
+    /// the core count pay off; memory is bounded by `SLUICE_MAX_INFLIGHT_BYTES`, not by this).
     pub concurrency: usize,
     /// `SLUICE_CHUNK_MAX_TOKENS`: chunk size limit in cl100k tokens (default 512).
     pub chunk_max_tokens: usize,
@@ -411,7 +411,7 @@ impl Settings {
             database_url: l.secret("database_url")?,
             max_file_size: l.size("max_file_size", 100 << 20)?,
             max_inflight_bytes: l.size("max_inflight_bytes", 64 << 20)?,
-            concurrency: l.get("concurrency", 16)?,
+            concurrency: l.get("concurrency", 64)?,
             chunk_max_tokens: l.get("chunk_max_tokens", 512)?,
             chunk_overlap_tokens: l.get("chunk_overlap_tokens", 64)?,
             embed,
