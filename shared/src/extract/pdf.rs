@@ -4,8 +4,8 @@
 //! stack overflow aborts the whole process and `catch_unwind` cannot stop it. So the parent
 //! ([`extract_in_child`]) never parses PDFs itself: it starts a child (by default the running binary
 //! with the hidden [`CHILD_ARG`] argument), which limits its own address space with `RLIMIT_AS`
-//! before it reads anything (the limit travels in [`MEMORY_LIMIT_ENV`]), pipes the
-//! bytes to its stdin, and reads one JSON [`ChildReply`] from its stdout within a deadline. Whatever
+//! before it reads anything (the limit travels in [`MEMORY_LIMIT_ENV`]); the parent pipes the
+//! bytes to its stdin and reads one JSON [`ChildReply`] from its stdout within a deadline. Whatever
 //! the child does — panic, abort, overflow, hang, run out of memory — the parent gets a typed
 //! [`ExtractError`] and the worker lives on.
 //!
