@@ -108,10 +108,11 @@ fn default_budget_key(embed: &EmbedConfig) -> String {
     format!("{provider}:{host}:{}", embed.model)
 }
 
-/// Requests no bigger than 1/60 of the token limit, once a limit is set: the buckets hold one
-/// second of the minute, and a request larger than that would be admitted into debt, which
-/// could let a window run over by the excess (`fleet.rs`). The margin covers the JSON framing
-/// the request's charge includes. Never under `MIN_REQUEST_TOKENS`, so a whole chunk still fits.
+/// Requests no bigger than 1/60 of the token limit, once a limit is set: the fleet budget's
+/// bucket holds one second of the minute, and a request larger than that would be admitted into
+/// debt, which could let a window run over by the excess (`fleet.rs`); the same cap keeps a
+/// process-scoped budget's requests evenly paced. The margin covers the JSON framing the
+/// request's charge includes. Never under `MIN_REQUEST_TOKENS`, so a whole chunk still fits.
 fn fit_to_rate_limit(mut limits: BatchLimits, tokens_per_minute: Option<u64>) -> BatchLimits {
     const MIN_REQUEST_TOKENS: usize = 8192;
     if let Some(tpm) = tokens_per_minute {

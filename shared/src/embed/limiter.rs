@@ -96,14 +96,6 @@ impl EmbedLimiter {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn provider(&self) -> &'static str {
-        self.provider
-    }
-
-    pub fn settings(&self) -> LimiterSettings {
-        self.lock().governor.settings().clone()
-    }
-
     /// The current concurrency limit.
     pub fn limit(&self) -> usize {
         self.lock().governor.limit()

@@ -132,10 +132,6 @@ impl FleetBudget {
         }))
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     pub fn token_bucket(&self) -> Option<Bucket> {
         self.tokens
     }

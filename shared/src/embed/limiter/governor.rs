@@ -173,10 +173,6 @@ impl RateGovernor {
         }
     }
 
-    pub fn settings(&self) -> &LimiterSettings {
-        &self.settings
-    }
-
     /// The current concurrency limit.
     pub fn limit(&self) -> usize {
         self.limit
