@@ -48,23 +48,31 @@ ensure_rabbitmq() {
   wait_port RabbitMQ 5672 120
 }
 
-ensure_s3s_fs() {
+export PATH="$HOME/.cargo/bin:$PATH"
+install_s3s_fs() {
   # A real S3 server over a folder, for the s3:// tests (0.17 needs a newer Rust than ours).
-  export PATH="$HOME/.cargo/bin:$PATH"
-  command -v s3s-fs >/dev/null && return 0
-  log "installing s3s-fs 0.14.1 (about 3 minutes, once)"
+  log "installing s3s-fs 0.14.1 (a few minutes, once; alongside the test build)"
   cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 }
 
 ensure_postgres
 ensure_rabbitmq
-ensure_s3s_fs
 
-log "running cargo test --workspace"
-# One process per test binary; tests inside a binary run in parallel on their own databases/queues.
 output=$(mktemp)
 trap 'rm -f "$output"' EXIT
 set +e
+# On a fresh machine s3s-fs builds while the tests compile: both are long, neither keeps two cores
+# busy throughout.
+s3s_pid=
+if ! command -v s3s-fs >/dev/null; then install_s3s_fs & s3s_pid=$!; fi
+log "building the tests"
+cargo test --workspace --no-run "$@" 2>&1 | tee "$output"
+build_status=${PIPESTATUS[0]}
+if [ -n "$s3s_pid" ] && ! wait "$s3s_pid"; then log "installing s3s-fs failed"; build_status=1; fi
+if [ "$build_status" != 0 ]; then exit "$build_status"; fi
+
+log "running cargo test --workspace"
+# One process per test binary; tests inside a binary run in parallel on their own databases/queues.
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$output"
 status=${PIPESTATUS[0]}
 set -e

@@ -620,3 +620,67 @@ async fn in_process_standin_shares_the_edge_store_layout() {
     edge.ensure_collection(&hybrid("c")).await.unwrap();
     assert_eq!(edge.count("c", Some("a")).await.unwrap(), 4);
 }
+
+/// Past `OPTIMIZE_AFTER_POINTS` the stand-in turns its appendable segment into an indexed one, as
+/// the real server's optimizers do. Points then live in segments of both kinds; counting, listing,
+/// version deletes and search must not notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standin_optimizes_as_collections_grow_and_keeps_every_point() {
+    let standin = common::standin::start_standin().await;
+    let store = QdrantStore::connect(&standin.url, None).unwrap();
+    store.ensure_collection(&hybrid("c")).await.unwrap();
+    let per_doc = 700u32;
+    let docs = (sluice_loadtests::standin::OPTIMIZE_AFTER_POINTS as u32 / per_doc) + 2;
+    let mut kept = Vec::new();
+    for d in 0..docs {
+        let points = doc_points(&format!("doc-{d}"), 1, per_doc, (d % 8) as usize);
+        store.upsert("c", points.clone()).await.unwrap();
+        kept.extend(points);
+    }
+    let client = qdrant_client::Qdrant::from_url(&standin.url)
+        .build()
+        .unwrap();
+    let info = client
+        .collection_info(qdrant_client::qdrant::GetCollectionInfoRequest {
+            collection_name: "c".into(),
+        })
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    assert!(
+        info.segments_count >= 2,
+        "no optimization ran: {} segment(s)",
+        info.segments_count
+    );
+    // doc-0 was written first, so it sits in an optimized segment: replace it with a new version.
+    let replacement: Vec<Point> = (0..3)
+        .map(|i| point("doc-0", 2, i, Some(dense(5, 0.1)), &[(999_999, 1.0)], None))
+        .collect();
+    store.upsert("c", replacement.clone()).await.unwrap();
+    store.delete_other_versions("c", "doc-0", 2).await.unwrap();
+    kept.retain(|p| p.payload.doc_id != "doc-0");
+    kept.extend(replacement);
+
+    let mut listed = store.list_points("c").await.unwrap();
+    listed.sort();
+    let mut expected: Vec<_> = kept
+        .iter()
+        .map(|p| (p.id, p.payload.doc_id.clone(), p.payload.version))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let hits = store
+        .search("c", &query(None, &[(999_999, 1.0)], 5))
+        .await
+        .unwrap();
+    let found: Vec<_> = hits
+        .iter()
+        .map(|h| (h.payload.doc_id.as_str(), h.payload.version))
+        .collect();
+    assert_eq!(
+        found,
+        vec![("doc-0", 2); 3],
+        "only the new version matches its term"
+    );
+}

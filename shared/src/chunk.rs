@@ -64,25 +64,34 @@ impl Chunker {
     /// Split every section; chunk indexes run across the whole document, char ranges are relative
     /// to the section (the page, for PDFs).
     pub fn chunk(&self, doc: &ExtractedDoc) -> Vec<Chunk> {
-        let mut chunks = Vec::new();
-        for section in &doc.sections {
-            let pieces: Vec<ChunkCharIndex<'_>> = if doc.format.is_markdown_like() {
-                self.markdown.chunk_char_indices(&section.text).collect()
-            } else {
-                self.text.chunk_char_indices(&section.text).collect()
-            };
-            for piece in pieces {
+        self.chunks(doc).collect()
+    }
+
+    /// [`Chunker::chunk`] one chunk at a time, so a large document's chunks need not all be held
+    /// at once (the pipeline embeds them window by window).
+    pub fn chunks<'a>(&'a self, doc: &'a ExtractedDoc) -> impl Iterator<Item = Chunk> + 'a {
+        let markdown = doc.format.is_markdown_like();
+        doc.sections
+            .iter()
+            .flat_map(move |section| {
+                let pieces: Box<dyn Iterator<Item = ChunkCharIndex<'a>> + 'a> = if markdown {
+                    Box::new(self.markdown.chunk_char_indices(&section.text))
+                } else {
+                    Box::new(self.text.chunk_char_indices(&section.text))
+                };
+                pieces.map(move |piece| (section.page, piece))
+            })
+            .enumerate()
+            .map(|(index, (page, piece))| {
                 let len = piece.chunk.chars().count();
-                chunks.push(Chunk {
-                    index: chunks.len() as u32,
+                Chunk {
+                    index: index as u32,
                     text: piece.chunk.to_string(),
                     char_range: piece.char_offset..piece.char_offset + len,
-                    page: section.page,
+                    page,
                     tokens: self.tokenizer.encode_ordinary(piece.chunk).len() as u32,
-                });
-            }
-        }
-        chunks
+                }
+            })
     }
 }
 

@@ -345,42 +345,42 @@ impl Pipeline {
         let doc = extract::extract(&job.source, bytes, &self.extract).await?;
         stage_done("extract", t);
 
-        let t = Instant::now();
-        let (doc, chunks) = {
-            let chunker = self.chunker.clone();
-            tokio::task::spawn_blocking(move || {
-                let chunks = chunker.chunk(&doc);
-                (doc, chunks)
-            })
-            .await
-            .map_err(|e| internal(job, e))?
-        };
-        stage_done("chunk", t);
-        if chunks.is_empty() {
-            return Err(ExtractError::NoText {
-                name: job.source.clone(),
-            }
-            .into());
-        }
-
-        let tokens: u64 = chunks.iter().map(|c| c.tokens as u64).sum();
-        let chunk_count = chunks.len() as u64;
-        if let Err(e) = self
-            .embed_and_upsert(job, &doc, chunks, hash, version)
+        // Plain text has no title of its own; the file name is what a reader would call it.
+        let title = doc.title.clone().or_else(|| file_name(&job.source));
+        let (windows, chunking) = self.chunk_in_windows(doc);
+        let written = match self
+            .embed_and_upsert(job, title.as_deref(), windows, hash, version)
             .await
         {
-            // Points of this version already written would stand beside the previous version's
-            // until the next successful run. Best effort: after a crash that run deletes them,
-            // as it deletes every version but its own.
-            if let Err(cleanup) = self
-                .store
-                .delete_version(&job.collection, &job.doc_id, version)
+            // A chunker that panicked ended its windows early: the version is incomplete.
+            Ok(written) => chunking
                 .await
-            {
-                tracing::warn!(error = %cleanup, doc_id = %job.doc_id, version, "could not remove a partly written version");
+                .map(|()| written)
+                .map_err(|join| internal(job, join)),
+            Err(e) => Err(e),
+        };
+        let (chunk_count, tokens) = match written {
+            Ok(Written { chunks: 0, .. }) => {
+                return Err(ExtractError::NoText {
+                    name: job.source.clone(),
+                }
+                .into());
             }
-            return Err(e);
-        }
+            Ok(Written { chunks, tokens }) => (chunks, tokens),
+            Err(e) => {
+                // Points of this version already written would stand beside the previous
+                // version's until the next successful run. Best effort: after a crash that run
+                // deletes them, as it deletes every version but its own.
+                if let Err(cleanup) = self
+                    .store
+                    .delete_version(&job.collection, &job.doc_id, version)
+                    .await
+                {
+                    tracing::warn!(error = %cleanup, doc_id = %job.doc_id, version, "could not remove a partly written version");
+                }
+                return Err(e);
+            }
+        };
         let t = Instant::now();
         self.store
             .delete_other_versions(&job.collection, &job.doc_id, version)
@@ -414,29 +414,67 @@ impl Pipeline {
         }
     }
 
-    /// Embeds and upserts the chunks `EMBED_WINDOW` at a time, the next window's embedding
-    /// overlapping this one's upsert: a document of 20,000 chunks holds two windows of vectors
-    /// and points, not 20,000 of each (hundreds of MB of dense vectors).
+    /// Chunks `doc` on a blocking thread into windows of `EMBED_WINDOW` chunks, handed over a
+    /// one-slot channel: chunking runs ahead of embedding by at most a window, so a document of
+    /// 20,000 chunks never has them all in memory. The thread stops when the receiver is dropped.
+    fn chunk_in_windows(
+        &self,
+        doc: ExtractedDoc,
+    ) -> (
+        tokio::sync::mpsc::Receiver<Vec<Chunk>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let chunker = self.chunker.clone();
+        let chunking = tokio::task::spawn_blocking(move || {
+            let mut busy = Duration::ZERO;
+            let mut resumed = Instant::now();
+            let mut window = Vec::with_capacity(EMBED_WINDOW);
+            for chunk in chunker.chunks(&doc) {
+                window.push(chunk);
+                if window.len() == EMBED_WINDOW {
+                    busy += resumed.elapsed();
+                    let full = std::mem::replace(&mut window, Vec::with_capacity(EMBED_WINDOW));
+                    if sender.blocking_send(full).is_err() {
+                        return; // the embedding side failed and went away
+                    }
+                    resumed = Instant::now();
+                }
+            }
+            busy += resumed.elapsed();
+            metrics::histogram!(m::STAGE_SECONDS, "stage" => "chunk").record(busy.as_secs_f64());
+            if !window.is_empty() {
+                let _ = sender.blocking_send(window);
+            }
+        });
+        (receiver, chunking)
+    }
+
+    /// Embeds and upserts the windows as they arrive, the next window's embedding overlapping
+    /// this one's upsert: a document of 20,000 chunks holds a few windows of vectors and points,
+    /// not 20,000 of each (hundreds of MB of dense vectors).
     async fn embed_and_upsert(
         &self,
         job: &DocumentJob,
-        doc: &ExtractedDoc,
-        chunks: Vec<Chunk>,
+        title: Option<&str>,
+        windows: tokio::sync::mpsc::Receiver<Vec<Chunk>>,
         hash: &str,
         version: i64,
-    ) -> Result<(), PipelineError> {
-        let mut rest = chunks.into_iter();
-        let windows = std::iter::from_fn(move || {
-            let window: Vec<Chunk> = rest.by_ref().take(EMBED_WINDOW).collect();
-            (!window.is_empty()).then_some(window)
+    ) -> Result<Written, PipelineError> {
+        let windows = futures::stream::unfold(windows, |mut windows| async move {
+            windows.recv().await.map(|window| (window, windows))
         });
-        let mut embedded = futures::stream::iter(windows.map(|window| async move {
-            let t = Instant::now();
-            let vectors = self.embed_chunks(job, &window).await?;
-            stage_done("embed", t);
-            Ok::<_, PipelineError>((window, vectors))
-        }))
-        .buffered(2);
+        let mut embedded = std::pin::pin!(
+            windows
+                .map(|window| async move {
+                    let t = Instant::now();
+                    let vectors = self.embed_chunks(job, &window).await?;
+                    stage_done("embed", t);
+                    Ok::<_, PipelineError>((window, vectors))
+                })
+                .buffered(2)
+        );
+        let mut written = Written::default();
         let mut collection_ready = false;
         while let Some(next) = embedded.next().await {
             let (window, vectors) = next?;
@@ -449,11 +487,13 @@ impl Pipeline {
                 self.ensure_collection(&job.collection, dense_dim).await?;
                 collection_ready = true;
             }
-            let points = build_points(job, doc, window, vectors, hash, version);
+            written.chunks += window.len() as u64;
+            written.tokens += window.iter().map(|c| u64::from(c.tokens)).sum::<u64>();
+            let points = build_points(job, title, window, vectors, hash, version);
             self.store.upsert(&job.collection, points).await?;
             stage_done("store", t);
         }
-        Ok(())
+        Ok(written)
     }
 
     async fn embed_chunks(
@@ -585,17 +625,22 @@ fn internal(job: &DocumentJob, e: impl std::fmt::Display) -> PipelineError {
     }
 }
 
+/// What [`Pipeline::embed_and_upsert`] wrote.
+#[derive(Debug, Default)]
+struct Written {
+    chunks: u64,
+    tokens: u64,
+}
+
 fn build_points(
     job: &DocumentJob,
-    doc: &ExtractedDoc,
+    title: Option<&str>,
     chunks: Vec<Chunk>,
     vectors: Vec<Vectors>,
     hash: &str,
     version: i64,
 ) -> Vec<Point> {
     let ingested_at = Utc::now().to_rfc3339();
-    // Plain text has no title of its own; the file name is what a reader would call it.
-    let title = doc.title.clone().or_else(|| file_name(&job.source));
     chunks
         .into_iter()
         .zip(vectors)
@@ -605,7 +650,7 @@ fn build_points(
             payload: ChunkPayload {
                 doc_id: job.doc_id.clone(),
                 source: job.source.clone(),
-                title: title.clone(),
+                title: title.map(str::to_string),
                 chunk_index: chunk.index,
                 page: chunk.page,
                 char_start: chunk.char_range.start as u64,

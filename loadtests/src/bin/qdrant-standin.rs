@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use sluice_loadtests::standin;
-use sluice_shared::store::edge::EdgeShards;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -35,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let shards = EdgeShards::open(&args.data_dir)
+    let shards = standin::open_shards(&args.data_dir)
         .await
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)

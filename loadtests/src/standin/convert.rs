@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use qdrant_client::qdrant::{self as grpc, r#match::MatchValue};
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, Distance, EdgeConfig, EdgeSparseVectorParams, EdgeVectorParams, FieldCondition,
-    Filter, Fusion, JsonPath, Match, MinShould, Modifier, NamedQuery, Payload, PayloadSchemaType,
-    PointId, PointStructPersisted, Prefetch, QueryEnum, QueryRequest, ScoringQuery, SparseVector,
-    ValueVariants, VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface,
-    WithVector,
+    Condition, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, Filter, Fusion, HnswIndexConfig, JsonPath, Match, MinShould,
+    Modifier, NamedQuery, Payload, PayloadSchemaType, PointId, PointStructPersisted, Prefetch,
+    QueryEnum, QueryRequest, ScoringQuery, SparseVector, ValueVariants, VectorInternal,
+    VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use sluice_shared::store::edge::QDRANT_DEFAULT_RRF_K;
 use sluice_shared::store::qdrant::{json_to_value, value_to_json};
@@ -73,13 +73,33 @@ pub fn edge_config(req: &grpc::CreateCollection) -> Result<EdgeConfig, Status> {
         }
         builder = builder.sparse_vector(name.clone(), sparse.build());
     }
-    let config = builder.build();
+    // No HNSW graphs and every non-empty segment indexed when the optimizers run: see the
+    // module docs of `standin`.
+    let config = builder
+        .hnsw_config(no_hnsw_graph())
+        .optimizers(EdgeOptimizersConfig {
+            indexing_threshold: Some(1),
+            ..Default::default()
+        })
+        .build();
     if config.vectors.is_empty() && config.sparse_vectors.is_empty() {
         return Err(invalid(
             "a collection needs at least one dense or sparse vector",
         ));
     }
     Ok(config)
+}
+
+fn no_hnsw_graph() -> HnswIndexConfig {
+    HnswIndexConfig {
+        m: 0,
+        ef_construct: 100,
+        full_scan_threshold: 10_000,
+        max_indexing_threads: 0,
+        on_disk: None,
+        payload_m: None,
+        inline_storage: None,
+    }
 }
 
 pub fn collection_params(config: &EdgeConfig) -> grpc::CollectionParams {

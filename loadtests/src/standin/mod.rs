@@ -8,6 +8,13 @@
 //! create_field_index, count, scroll, query) and `Qdrant` (health check) RPCs; every other RPC
 //! answers `unimplemented`. Writes are applied and flushed before the reply, whatever `wait` says.
 //!
+//! Like the real server, it optimizes in the background of writes: every [`OPTIMIZE_AFTER_POINTS`]
+//! points written to a collection its appendable segment is turned into an indexed one (see
+//! [`EdgeShards::optimize_after`]), which keeps inserts cheap as collections grow. Unlike the real
+//! server it builds no HNSW graphs (`m = 0`, whatever the request asks): dense search is exact,
+//! and the stand-in, which shares the machine with the workers under test, spends no CPU the real
+//! server would spend on its own machine.
+//!
 //! Run it as the `qdrant-standin` binary (`--listen 127.0.0.1:0 --data-dir DIR`), or in-process
 //! with [`spawn`].
 
@@ -21,6 +28,7 @@ use std::sync::Arc;
 use qdrant_client::qdrant::collections_server::CollectionsServer;
 use qdrant_client::qdrant::points_server::PointsServer;
 use qdrant_client::qdrant::qdrant_server::QdrantServer;
+use sluice_shared::store::StoreError;
 use sluice_shared::store::edge::EdgeShards;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,12 +54,23 @@ impl StandinHandle {
     }
 }
 
+/// Points written to a collection between optimizer runs: a few seconds of a busy fleet, so each
+/// run indexes a segment of this size, not the whole collection.
+pub const OPTIMIZE_AFTER_POINTS: u64 = 4096;
+
+/// The stand-in's shards over `data_dir`, optimized as described in the module docs.
+pub async fn open_shards(data_dir: &Path) -> Result<EdgeShards, StoreError> {
+    Ok(EdgeShards::open(data_dir)
+        .await?
+        .optimize_after(OPTIMIZE_AFTER_POINTS))
+}
+
 /// Start a stand-in on a random 127.0.0.1 port over `data_dir`.
 pub async fn spawn(data_dir: &Path) -> anyhow::Result<(SocketAddr, StandinHandle)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let shards = EdgeShards::open(data_dir).await?;
+    let shards = open_shards(data_dir).await?;
     let task = tokio::spawn(serve(listener, shards, shutdown.clone()));
     Ok((addr, StandinHandle { shutdown, task }))
 }

@@ -270,7 +270,14 @@ pub async fn extract_in_child(
     let started = Instant::now();
     let mut child = command.spawn().map_err(io_error)?;
     let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
+    // The reply is parsed as it streams in, on a blocking thread, so a large document's text is
+    // held once (as the parsed sections) rather than also as the raw JSON.
+    let stdout = child
+        .stdout
+        .take()
+        .map(|pipe| pipe.into_owned_fd().map(std::fs::File::from))
+        .transpose()
+        .map_err(io_error)?;
     let stderr = child.stderr.take();
 
     let exchange = async {
@@ -280,18 +287,22 @@ pub async fn extract_in_child(
                 let _ = stdin.write_all(&bytes).await;
                 let _ = stdin.shutdown().await;
             }
+            // The document's bytes are not needed while the child parses them.
+            drop(bytes);
         };
-        let (_, reply, stderr_tail) = tokio::join!(
-            write,
-            read_capped(stdout, MAX_REPLY_BYTES),
-            read_tail(stderr, STDERR_TAIL_BYTES)
-        );
+        let read = async {
+            tokio::task::spawn_blocking(move || read_reply(stdout, MAX_REPLY_BYTES))
+                .await
+                .unwrap_or_else(|join| ReplyRead::Unreadable(join.to_string()))
+        };
+        let (_, reply, stderr_tail) =
+            tokio::join!(write, read, read_tail(stderr, STDERR_TAIL_BYTES));
         let status = child.wait().await;
         (reply, stderr_tail, status)
     };
     let outcome = tokio::time::timeout(settings.pdf_timeout, exchange).await;
     let Ok((reply, stderr_tail, status)) = outcome else {
-        // Kill and reap, so no zombie is left behind.
+        // Kill and reap, so no zombie is left behind (the reply reader then sees end of file).
         let _ = child.kill().await;
         tracing::debug!(name, timeout = ?settings.pdf_timeout, "pdf child killed on timeout");
         return Err(ExtractError::Timeout {
@@ -301,16 +312,9 @@ pub async fn extract_in_child(
     };
     let status = status.map_err(io_error)?;
     tracing::debug!(name, elapsed = ?started.elapsed(), %status, "pdf child finished");
-    if !status.success() {
-        let detail = describe_failure(status, &stderr_tail, memory_limit);
-        return Err(ExtractError::Crashed {
-            name: name.to_string(),
-            detail,
-        });
-    }
     let reply = match reply {
-        Ok(Some(reply)) => reply,
-        Ok(None) => {
+        // Checked before the exit status: the child fails its write once the reader gives up.
+        ReplyRead::TooLarge => {
             return Err(ExtractError::Unsupported {
                 name: name.to_string(),
                 detail: format!(
@@ -319,9 +323,17 @@ pub async fn extract_in_child(
                 ),
             });
         }
-        Err(error) => return Err(io_error(error)),
+        ReplyRead::Parsed(reply) => Ok(reply),
+        ReplyRead::Unreadable(error) => Err(error),
     };
-    match serde_json::from_slice::<ChildReply>(&reply) {
+    if !status.success() {
+        let detail = describe_failure(status, &stderr_tail, memory_limit);
+        return Err(ExtractError::Crashed {
+            name: name.to_string(),
+            detail,
+        });
+    }
+    match reply {
         Ok(ChildReply::Ok { doc, failed_pages }) => {
             for (page, error) in &failed_pages {
                 tracing::warn!(name, page, %error, "pdf page skipped: the parser could not read it");
@@ -341,6 +353,31 @@ pub async fn extract_in_child(
             name: name.to_string(),
             detail: format!("unreadable reply from the pdf child: {error}"),
         }),
+    }
+}
+
+/// The parent's view of the child's stdout.
+enum ReplyRead {
+    Parsed(ChildReply),
+    /// More than the cap arrived; reading stopped there.
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Parse one [`ChildReply`] from the (blocking) pipe, reading at most `cap` bytes. Runs on a
+/// blocking thread; ends when the child closes its stdout, including when it is killed.
+fn read_reply(pipe: Option<std::fs::File>, cap: u64) -> ReplyRead {
+    let Some(pipe) = pipe else {
+        return ReplyRead::Unreadable("no stdout pipe".into());
+    };
+    let mut reader = io::BufReader::with_capacity(64 * 1024, pipe.take(cap + 1));
+    let parsed = serde_json::from_reader::<_, ChildReply>(&mut reader);
+    if reader.get_ref().limit() == 0 {
+        return ReplyRead::TooLarge;
+    }
+    match parsed {
+        Ok(reply) => ReplyRead::Parsed(reply),
+        Err(error) => ReplyRead::Unreadable(error.to_string()),
     }
 }
 
@@ -366,20 +403,6 @@ fn limit_child_resources(memory_limit: u64) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Read everything, or `Ok(None)` as soon as more than `cap` bytes arrive (dropping the pipe then
-/// makes the child's next write fail, so it exits instead of blocking).
-async fn read_capped(
-    pipe: Option<impl AsyncRead + Unpin>,
-    cap: u64,
-) -> io::Result<Option<Vec<u8>>> {
-    let Some(pipe) = pipe else {
-        return Ok(Some(Vec::new()));
-    };
-    let mut buf = Vec::new();
-    let read = pipe.take(cap + 1).read_to_end(&mut buf).await?;
-    Ok((read as u64 <= cap).then_some(buf))
 }
 
 /// Read to EOF keeping only the last `keep` bytes (reading on so the child never blocks on a full
@@ -462,6 +485,45 @@ mod tests {
         );
         let exited = ExitStatus::from_raw(3 << 8);
         assert_eq!(describe_failure(exited, "", 0), "exited with status 3");
+    }
+
+    fn pipe_with(contents: &[u8]) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(contents).unwrap();
+        use std::io::Seek;
+        file.rewind().unwrap();
+        file
+    }
+
+    #[test]
+    fn reply_is_parsed_from_the_stream() {
+        let reply = ChildReply::Ok {
+            doc: ExtractedDoc {
+                format: DocFormat::Pdf,
+                title: Some("Manual".into()),
+                sections: vec![Section {
+                    text: "page one".into(),
+                    page: Some(1),
+                }],
+            },
+            failed_pages: vec![(2, "bad font".into())],
+        };
+        let json = serde_json::to_vec(&reply).unwrap();
+        match read_reply(Some(pipe_with(&json)), json.len() as u64) {
+            ReplyRead::Parsed(ChildReply::Ok { doc, failed_pages }) => {
+                assert_eq!(doc.sections[0].text, "page one");
+                assert_eq!(failed_pages, vec![(2, "bad font".to_string())]);
+            }
+            _ => panic!("a reply exactly at the cap must parse"),
+        }
+        assert!(matches!(
+            read_reply(Some(pipe_with(&json)), json.len() as u64 - 1),
+            ReplyRead::TooLarge
+        ));
+        assert!(matches!(
+            read_reply(Some(pipe_with(b"{\"status\":\"ok\",")), 1 << 20),
+            ReplyRead::Unreadable(_)
+        ));
     }
 
     #[test]

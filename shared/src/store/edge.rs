@@ -92,11 +92,7 @@ impl EdgeStore {
     pub async fn optimize(&self, collection: &str) -> Result<(), StoreError> {
         let shards = self.shards.clone();
         let name = collection.to_string();
-        run_blocking(move || {
-            let coll = shards.require(&name)?;
-            coll.write(|shard| shard.optimize().map(|_| ()))
-        })
-        .await
+        run_blocking(move || shards.require(&name)?.optimize()).await
     }
 }
 

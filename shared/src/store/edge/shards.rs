@@ -8,11 +8,12 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 use qdrant_edge::{
     CreateIndex, EdgeConfig, EdgeShard, FieldIndexOperations, JsonPath, OperationError,
-    PayloadFieldSchema, PayloadSchemaType, UpdateOperation,
+    PayloadFieldSchema, PayloadSchemaType, PointInsertOperations, PointOperations, UpdateOperation,
 };
 
 use crate::store::StoreError;
@@ -22,6 +23,7 @@ use crate::store::StoreError;
 pub struct EdgeShards {
     collections_dir: PathBuf,
     open: Mutex<HashMap<String, Arc<EdgeCollection>>>,
+    optimize_after: Option<u64>,
     // Declared last so the shards above are dropped (and flushed) before the lock is released.
     _lock: File,
 }
@@ -38,10 +40,21 @@ impl EdgeShards {
             Ok(EdgeShards {
                 collections_dir,
                 open: Mutex::new(HashMap::new()),
+                optimize_after: None,
                 _lock: lock,
             })
         })
         .await
+    }
+
+    /// Run qdrant-edge's optimizers on a collection once `points` points have been written to it
+    /// since they last ran, as the Qdrant server does in the background. Without this a shard
+    /// keeps one growing appendable segment, whose in-memory sparse index costs more per insert
+    /// the larger it gets (each insert walks the term's whole posting list). The writer that
+    /// crosses the threshold runs them before its write returns.
+    pub fn optimize_after(mut self, points: u64) -> Self {
+        self.optimize_after = Some(points.max(1));
+        self
     }
 
     /// The `collections` directory.
@@ -74,7 +87,7 @@ impl EdgeShards {
                 path.display()
             ))
         })?;
-        let coll = Arc::new(EdgeCollection::new(name, shard));
+        let coll = Arc::new(EdgeCollection::new(name, shard, self.optimize_after));
         open.insert(name.to_string(), coll.clone());
         Ok(Some(coll))
     }
@@ -121,7 +134,7 @@ impl EdgeShards {
             .and_then(|d| d.sync_all())
             .map_err(|e| io_error(&self.collections_dir, e))?;
         let shard = EdgeShard::load(&path, None).map_err(edge_error)?;
-        let coll = Arc::new(EdgeCollection::new(name, shard));
+        let coll = Arc::new(EdgeCollection::new(name, shard, self.optimize_after));
         open.insert(name.to_string(), coll.clone());
         Ok((coll, true))
     }
@@ -152,6 +165,8 @@ impl EdgeShards {
 pub struct EdgeCollection {
     name: String,
     shard: RwLock<EdgeShard>,
+    optimize_after: Option<u64>,
+    written_since_optimize: AtomicU64,
     flushes: Mutex<FlushState>,
     flushed: Condvar,
 }
@@ -165,10 +180,12 @@ struct FlushState {
 }
 
 impl EdgeCollection {
-    fn new(name: &str, shard: EdgeShard) -> Self {
+    fn new(name: &str, shard: EdgeShard, optimize_after: Option<u64>) -> Self {
         EdgeCollection {
             name: name.to_string(),
             shard: RwLock::new(shard),
+            optimize_after,
+            written_since_optimize: AtomicU64::new(0),
             flushes: Mutex::new(FlushState::default()),
             flushed: Condvar::new(),
         }
@@ -198,12 +215,37 @@ impl EdgeCollection {
 
     /// Apply update operations in order, then flush to disk; returns once they are durable.
     pub fn apply(&self, ops: Vec<UpdateOperation>) -> Result<(), StoreError> {
+        let points: u64 = ops.iter().map(points_written).sum();
         self.write(|shard| {
             for op in ops {
                 shard.update(op)?;
             }
             Ok(())
-        })
+        })?;
+        self.optimize_if_due(points)
+    }
+
+    /// Run the optimizers on the whole shard (merge and index segments, vacuum deleted points).
+    pub fn optimize(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.write(|shard| shard.optimize().map(|_| ()))?;
+        tracing::debug!(collection = %self.name, elapsed = ?started.elapsed(), "optimized edge collection");
+        Ok(())
+    }
+
+    fn optimize_if_due(&self, points: u64) -> Result<(), StoreError> {
+        let Some(every) = self.optimize_after else {
+            return Ok(());
+        };
+        let total = self
+            .written_since_optimize
+            .fetch_add(points, Ordering::Relaxed)
+            + points;
+        // Of concurrent writers past the threshold, the one that resets the count optimizes.
+        if total < every || self.written_since_optimize.swap(0, Ordering::Relaxed) < every {
+            return Ok(());
+        }
+        self.optimize()
     }
 
     /// Create any of `indexes` the shard lacks.
@@ -280,6 +322,19 @@ impl EdgeCollection {
 }
 
 /// `EdgeShard::flush` panics on I/O errors; turn that into an error instead of a dead task.
+/// Points an operation inserts or replaces.
+fn points_written(op: &UpdateOperation) -> u64 {
+    match op {
+        UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsList(points),
+        )) => points.len() as u64,
+        UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsBatch(batch),
+        )) => batch.ids.len() as u64,
+        _ => 0,
+    }
+}
+
 fn flush(name: &str, shard: &EdgeShard) -> Result<(), StoreError> {
     std::panic::catch_unwind(AssertUnwindSafe(|| shard.flush())).map_err(|_| {
         StoreError::Internal(format!(
