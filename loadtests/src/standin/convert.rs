@@ -79,6 +79,9 @@ pub fn edge_config(req: &grpc::CreateCollection) -> Result<EdgeConfig, Status> {
         .hnsw_config(no_hnsw_graph())
         .optimizers(EdgeOptimizersConfig {
             indexing_threshold: Some(1),
+            // Merging segments rebuilds them whole, a pause that grows with the collection;
+            // searching a few more segments costs far less here.
+            default_segment_number: Some(16),
             ..Default::default()
         })
         .build();

@@ -222,7 +222,8 @@ impl EdgeCollection {
             }
             Ok(())
         })?;
-        self.optimize_if_due(points)
+        self.optimize_if_due(points);
+        Ok(())
     }
 
     /// Run the optimizers on the whole shard (merge and index segments, vacuum deleted points).
@@ -233,9 +234,10 @@ impl EdgeCollection {
         Ok(())
     }
 
-    fn optimize_if_due(&self, points: u64) -> Result<(), StoreError> {
+    /// A failed optimization is logged, not returned: the write it follows is already durable.
+    fn optimize_if_due(&self, points: u64) {
         let Some(every) = self.optimize_after else {
-            return Ok(());
+            return;
         };
         let total = self
             .written_since_optimize
@@ -243,9 +245,11 @@ impl EdgeCollection {
             + points;
         // Of concurrent writers past the threshold, the one that resets the count optimizes.
         if total < every || self.written_since_optimize.swap(0, Ordering::Relaxed) < every {
-            return Ok(());
+            return;
         }
-        self.optimize()
+        if let Err(error) = self.optimize() {
+            tracing::warn!(collection = %self.name, %error, "optimizing the collection failed; writes go on");
+        }
     }
 
     /// Create any of `indexes` the shard lacks.
