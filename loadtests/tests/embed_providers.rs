@@ -84,6 +84,7 @@ async fn openai_float_and_base64_encodings_give_the_same_vectors() {
     let inputs = texts(5);
     let float = OpenAiEmbedder::new(OpenAiSettings {
         dimensions: Some(64),
+        encoding_format: EncodingFormat::Float,
         ..openai(&emulator)
     })
     .unwrap();

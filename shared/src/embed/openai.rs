@@ -393,6 +393,17 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_understood_from_a_server_that_ignores_base64() {
+        let body = r#"{"data":[{"embedding":[0.5,-1.0],"index":0}],"usage":{"total_tokens":3}}"#;
+        let parsed: EmbeddingsResponse = serde_json::from_str(body).unwrap();
+        assert!(matches!(
+            &parsed.data[0].embedding,
+            EmbeddingData::Float(v) if v == &vec![0.5, -1.0]
+        ));
+        assert_eq!(EncodingFormat::default(), EncodingFormat::Base64);
+    }
+
+    #[test]
     fn base64_embeddings_decode_as_little_endian_f32() {
         let bytes: Vec<u8> = [1.5f32, -2.0]
             .iter()
