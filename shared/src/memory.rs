@@ -31,8 +31,13 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.bytes >= TRIM_AFTER_BYTES {
-            release_free_memory();
+        if self.bytes < TRIM_AFTER_BYTES {
+            return;
+        }
+        // Trimming walks every arena; keep it off the async threads when there is a runtime.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(release_free_memory)),
+            Err(_) => release_free_memory(),
         }
     }
 }

@@ -93,15 +93,11 @@ pub fn edge_config(req: &grpc::CreateCollection) -> Result<EdgeConfig, Status> {
     Ok(config)
 }
 
+/// Qdrant's defaults with `m = 0`: segments are indexed without a graph.
 fn no_hnsw_graph() -> HnswIndexConfig {
     HnswIndexConfig {
         m: 0,
-        ef_construct: 100,
-        full_scan_threshold: 10_000,
-        max_indexing_threads: 0,
-        on_disk: None,
-        payload_m: None,
-        inline_storage: None,
+        ..Default::default()
     }
 }
 
