@@ -167,7 +167,8 @@ PY
 }
 check "custom resources have vendored schemas" split_objects
 
-rendered=("$work"/*.yaml)
+# The rendered overlays, plus the example Secrets a platform team copies.
+rendered=("$work"/*.yaml deploy/k8s/examples/*.yaml)
 kubernetes_versions=(1.28.0 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0)
 validate_kubernetes() {
   # One process per version, in parallel: each spends most of its time loading schemas.
