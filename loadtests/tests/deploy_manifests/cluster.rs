@@ -197,8 +197,23 @@ pub fn selects(selector: &Value, labels: &Value) -> bool {
     !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// Volume name → mount path of a container.
+pub fn mounts(c: &Value) -> BTreeMap<String, String> {
+    c["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some((
+                m["name"].as_str()?.to_string(),
+                m["mountPath"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// The files a pod's volumes put at each path: `secret.items` and `projected.sources[].secret.items`.
-fn secret_files(pod: &Value, mounts: &BTreeMap<String, String>) -> BTreeSet<String> {
+pub fn secret_files(pod: &Value, mounts: &BTreeMap<String, String>) -> BTreeSet<String> {
     let mut files = BTreeSet::new();
     for vol in pod["volumes"].as_sequence().into_iter().flatten() {
         let Some(dir) = vol["name"].as_str().and_then(|n| mounts.get(n)) else {
@@ -255,18 +270,7 @@ pub fn check_container(
             ));
         }
     }
-    let mounts: BTreeMap<String, String> = c["volumeMounts"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            Some((
-                m["name"].as_str()?.to_string(),
-                m["mountPath"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    let files = secret_files(pod, &mounts);
+    let files = secret_files(pod, &mounts(c));
     for (name, value) in env
         .iter()
         .filter(|(k, _)| k.starts_with("SLUICE_") && k.ends_with("_FILE"))

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_yaml::Value;
 
-use super::cluster::{Cluster, selects};
+use super::cluster::{Cluster, mounts, secret_files, selects};
 use super::scan::{files_under, has_ext, read, repo};
 
 /// API groups whose schemas Kubernetes itself defines.
@@ -227,6 +227,13 @@ fn pods_are_isolated_and_meet_pod_security_restricted() {
                     errors.push(format!(
                         "{o}: {what}/{name}: allowPrivilegeEscalation false and drop ALL"
                     ));
+                }
+                // CronJobs and dependencies too: every secret file a setting names is mounted.
+                let files = secret_files(pod, &mounts(c));
+                for (k, v) in cluster.env(c) {
+                    if k.starts_with("SLUICE_") && k.ends_with("_FILE") && !files.contains(&v) {
+                        errors.push(format!("{o}: {what}/{name}: {k}={v} is not mounted"));
+                    }
                 }
                 for var in c["env"].as_sequence().into_iter().flatten() {
                     let var_name = var["name"].as_str().unwrap_or_default();
