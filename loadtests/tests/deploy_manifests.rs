@@ -412,13 +412,19 @@ fn kustomizations_list_every_manifest_and_the_operator_rules_match_the_plain_one
     }
 }
 
-#[test]
-fn compose_workers_drain_before_they_are_killed_and_secrets_are_files() {
+/// deploy/compose.yaml with its `<<` merge keys applied.
+fn compose() -> Value {
     let path = repo().join("deploy/compose.yaml");
-    let (_, compose) = yaml_docs(&repo().join("deploy"))
+    yaml_docs(&repo().join("deploy"))
         .into_iter()
         .find(|(p, _)| *p == path)
-        .expect("deploy/compose.yaml");
+        .expect("deploy/compose.yaml")
+        .1
+}
+
+#[test]
+fn compose_workers_drain_before_they_are_killed_and_secrets_are_files() {
+    let compose = compose();
     let services = compose["services"].as_mapping().expect("services");
     let declared: BTreeSet<_> = compose["secrets"]
         .as_mapping()
@@ -495,11 +501,7 @@ fn compose_workers_drain_before_they_are_killed_and_secrets_are_files() {
 
 #[test]
 fn compose_indexes_a_file_dropped_into_the_bucket_within_limits_and_without_plain_passwords() {
-    let path = repo().join("deploy/compose.yaml");
-    let (_, compose) = yaml_docs(&repo().join("deploy"))
-        .into_iter()
-        .find(|(p, _)| *p == path)
-        .expect("deploy/compose.yaml");
+    let compose = compose();
     let services = compose["services"].as_mapping().expect("services");
     let mut errors = Vec::new();
     for (name, svc) in services {
