@@ -60,8 +60,8 @@ export PATH="$tools/bin:$PATH"
 # schemas of the built-in kinds deploy/ uses, for the oldest and newest supported Kubernetes, cut
 # down to the definitions they reach (descriptions dropped), from the pinned kubernetes-validate.
 # loadtests' deploy_manifests test validates the rendered overlays against them with no tools.
-if [ "${1:-}" = vendor-schemas ]; then
-  "$tools/bin/python" - deploy/schemas <<'PY'
+vendor_schemas() { # output directory
+  "$tools/bin/python" - "$1" <<'PY'
 import json, os, re, sys
 import kubernetes_validate
 out = sys.argv[1]
@@ -107,6 +107,9 @@ for version in ("1.28.0", "1.37.0"):
         f.write("\n")
     print(path, len(picked), "definitions")
 PY
+}
+if [ "${1:-}" = vendor-schemas ]; then
+  vendor_schemas deploy/schemas
   exit 0
 fi
 
@@ -195,6 +198,17 @@ validate_crds() {
   return $status
 }
 check "custom resources against CRD schemas" validate_crds
+
+schemas_in_sync() {
+  mkdir -p "$work/schemas"
+  vendor_schemas "$work/schemas" >/dev/null
+  local f
+  for f in "$work"/schemas/*.json; do
+    cmp "$f" "deploy/schemas/${f##*/}" \
+      || { echo "deploy/schemas/${f##*/} is stale: scripts/deploy-checks.sh vendor-schemas"; return 1; }
+  done
+}
+check "vendored Kubernetes schemas match kubernetes-validate" schemas_in_sync
 
 # 3. Alert rules: syntax, then the unit tests (every alert has one; loadtests checks that).
 check "promtool check rules" promtool check rules deploy/monitoring/alerts.rules.yaml
