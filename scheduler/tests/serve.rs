@@ -392,8 +392,8 @@ async fn the_api_key_guards_v1_but_not_the_probes_and_is_never_logged() {
     fleet.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn serve_watches_the_configured_locations() {
+/// A fleet whose `sluice serve` polls the folder `inbox` every second.
+async fn fleet_watching_inbox() -> (Fleet, std::path::PathBuf) {
     let mut fleet = Fleet::new().await;
     let watched = fleet.docs.path().join("inbox");
     std::fs::create_dir(&watched).unwrap();
@@ -403,12 +403,14 @@ async fn serve_watches_the_configured_locations() {
     fleet
         .env
         .insert("SLUICE_WATCH_INTERVAL_SECS".into(), "1".into());
-    let serve = Serve::start(&mut fleet).await;
-    let worker = fleet.worker();
+    (fleet, watched)
+}
 
+/// Writes `dropped.md` into the watched folder and waits until a worker indexed it.
+async fn drop_and_wait_indexed(fleet: &Fleet, watched: &std::path::Path, word: &str) {
     std::fs::write(
         watched.join("dropped.md"),
-        format!("# Dropped\n\n{}", paragraphs("kayaks", 12)),
+        format!("# Dropped\n\n{}", paragraphs(word, 12)),
     )
     .unwrap();
     fleet
@@ -416,6 +418,15 @@ async fn serve_watches_the_configured_locations() {
             c.get(&DocStatus::Indexed) == Some(&1)
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_watches_the_configured_locations() {
+    let (mut fleet, watched) = fleet_watching_inbox().await;
+    let serve = Serve::start(&mut fleet).await;
+    let worker = fleet.worker();
+
+    drop_and_wait_indexed(&fleet, &watched, "kayaks").await;
     std::fs::remove_file(watched.join("dropped.md")).unwrap();
     fleet
         .wait_for(Duration::from_secs(60), "the removed file deleted", |c| {
@@ -428,5 +439,62 @@ async fn serve_watches_the_configured_locations() {
     assert_eq!(code, 0, "worker: {stderr}");
     let (code, stderr) = serve.terminate(Duration::from_secs(30));
     assert_eq!(code, 0, "sluice serve exit code; stderr:\n{stderr}");
+    fleet.finish().await;
+}
+
+/// SLUICE_SERVE_ROLE splits one `sluice serve` into an API (many replicas) and a watcher (exactly
+/// one): `watch` polls and keeps the probes but serves no `/v1` API; `api` serves the API and
+/// leaves the watched folder alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_roles_split_the_api_from_the_watchers() {
+    let (mut fleet, watched) = fleet_watching_inbox().await;
+    fleet.env.insert("SLUICE_SERVE_ROLE".into(), "api".into());
+    let api = Serve::start(&mut fleet).await;
+    fleet.env.insert("SLUICE_SERVE_ROLE".into(), "watch".into());
+    let watch = Serve::start(&mut fleet).await;
+    let client = reqwest::Client::new();
+
+    let (status, _) = get_json(&client, format!("{}/v1/stats", api.url)).await;
+    assert_eq!(status, StatusCode::OK, "the api role serves /v1");
+    let status = client
+        .get(format!("{}/v1/stats", watch.url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the watch role has no /v1 API"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", watch.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK, "both roles keep /metrics");
+
+    let worker = fleet.worker();
+    drop_and_wait_indexed(&fleet, &watched, "canoes").await;
+    // Only the watch process listed the folder: the api process published nothing from it.
+    let api_metrics = client
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !api_metrics.contains("sluice_watch_objects_total{"),
+        "the api role must not run the watchers:\n{api_metrics}"
+    );
+
+    let (code, stderr) = stop(worker, Duration::from_secs(30));
+    assert_eq!(code, 0, "worker: {stderr}");
+    for serve in [api, watch] {
+        let (code, stderr) = serve.terminate(Duration::from_secs(30));
+        assert_eq!(code, 0, "sluice serve exit code; stderr:\n{stderr}");
+    }
     fleet.finish().await;
 }

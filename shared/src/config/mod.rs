@@ -16,7 +16,7 @@ use crate::secret::{Secret, redact_url};
 mod fleet;
 mod scheduler;
 pub use fleet::FleetConfig;
-pub use scheduler::SchedulerConfig;
+pub use scheduler::{SchedulerConfig, ServeRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -2,6 +2,7 @@
 //! `sluice reindex`.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use super::{ConfigError, Loader, invalid};
@@ -13,6 +14,9 @@ pub struct SchedulerConfig {
     /// `SLUICE_API_LISTEN`: address of the HTTP API and of `/healthz`, `/readyz`, `/metrics`
     /// (default `0.0.0.0:8080`).
     pub api_listen: SocketAddr,
+    /// `SLUICE_SERVE_ROLE`: what one `sluice serve` process runs (default `all`). Lets a cluster
+    /// run the API with several replicas and the watchers / S3-event consumer exactly once.
+    pub serve_role: ServeRole,
     /// `SLUICE_API_KEY` (or `_FILE`): when set, every `/v1/...` request must carry it as
     /// `Authorization: Bearer <key>` (or `x-api-key`). Probes and `/metrics` stay open.
     pub api_key: Option<Secret>,
@@ -32,6 +36,39 @@ pub struct SchedulerConfig {
     pub reindex_batch: usize,
 }
 
+/// The parts of `sluice serve` a process runs. `/healthz`, `/readyz` and `/metrics` are always served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeRole {
+    /// The HTTP API, the watchers and the S3-event consumer: one process does everything.
+    All,
+    /// Only the `/v1` HTTP API: safe to run with many replicas behind a Service.
+    Api,
+    /// Only the watchers and the S3-event consumer (no `/v1` API): run exactly one, or every change
+    /// is enqueued once per replica.
+    Watch,
+}
+
+impl ServeRole {
+    pub fn serves_api(self) -> bool {
+        matches!(self, ServeRole::All | ServeRole::Api)
+    }
+    pub fn runs_watchers(self) -> bool {
+        matches!(self, ServeRole::All | ServeRole::Watch)
+    }
+}
+
+impl FromStr for ServeRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "all" => Ok(ServeRole::All),
+            "api" => Ok(ServeRole::Api),
+            "watch" => Ok(ServeRole::Watch),
+            _ => Err("expected all, api or watch".to_string()),
+        }
+    }
+}
+
 pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
     let watch_text: String = l.get("watch", String::new())?;
     let watch = watch_text
@@ -42,6 +79,7 @@ pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
         .collect();
     let config = SchedulerConfig {
         api_listen: l.get("api_listen", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+        serve_role: l.get("serve_role", ServeRole::All)?,
         api_key: l.secret("api_key")?,
         watch,
         watch_interval: l.secs("watch_interval_secs", 30)?,
