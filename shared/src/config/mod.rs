@@ -157,6 +157,10 @@ pub struct Settings {
     pub pdf_timeout: Duration,
     /// `SLUICE_PDF_MEMORY_LIMIT`: address-space limit of the PDF child (default 2GiB).
     pub pdf_memory_limit: u64,
+    /// `SLUICE_PDF_MAX_CHILDREN`: PDF extraction children at once per process (default: the
+    /// number of cores). Each may use up to `SLUICE_PDF_MEMORY_LIMIT`, so this times that is the
+    /// worst case a pod must allow for.
+    pub pdf_max_children: usize,
     /// `SLUICE_DOCUMENT_TIMEOUT_SECS`: one document's processing limit (default 600).
     pub document_timeout: Duration,
     /// `SLUICE_LEASE_SECS`: a document's processing lease, renewed every third of it while a run
@@ -417,6 +421,10 @@ impl Settings {
             embed,
             pdf_timeout: l.secs("pdf_timeout_secs", 120)?,
             pdf_memory_limit: l.size("pdf_memory_limit", 2 << 30)?,
+            pdf_max_children: l.get(
+                "pdf_max_children",
+                crate::extract::ExtractSettings::default_max_children(),
+            )?,
             document_timeout: l.secs("document_timeout_secs", 600)?,
             lease: l.secs("lease_secs", 30)?,
             log_format: l.get("log_format", LogFormat::Text)?,
