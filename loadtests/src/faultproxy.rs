@@ -1,0 +1,300 @@
+//! A TCP fault proxy for chaos tests: listens on a loopback port and forwards every connection to
+//! a target, until told to break the link.
+//!
+//! - [`FaultProxy::cut`]: every open connection is closed and new ones are accepted and closed at
+//!   once — the dependency is "down" (connection refused/reset from the client's point of view).
+//! - [`FaultProxy::freeze`]: no byte moves in either direction, connections stay open and new ones
+//!   are accepted but not served — a network partition or a hung peer, which only timeouts and
+//!   heartbeats notice.
+//! - [`FaultProxy::restore`]: back to forwarding.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the proxy does with traffic right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Forwarding,
+    Cut,
+    Frozen,
+}
+
+struct Shared {
+    target: SocketAddr,
+    state: watch::Sender<LinkState>,
+    /// Cancelled by [`FaultProxy::cut`]: closes every connection opened before it.
+    generation: Mutex<CancellationToken>,
+}
+
+/// A running proxy; dropping it stops listening and closes every connection.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl FaultProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            target,
+            state: watch::Sender::new(LinkState::Forwarding),
+            generation: Mutex::new(CancellationToken::new()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        Ok(FaultProxy { addr, shared, stop })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn target(&self) -> SocketAddr {
+        self.shared.target
+    }
+
+    pub fn state(&self) -> LinkState {
+        *self.shared.state.borrow()
+    }
+
+    /// Closes every open connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.shared.state.send_replace(LinkState::Cut);
+        let mut generation = self.shared.generation.lock().unwrap();
+        generation.cancel();
+        *generation = CancellationToken::new();
+    }
+
+    /// Stops moving bytes without closing anything, until [`Self::restore`].
+    pub fn freeze(&self) {
+        self.shared.state.send_replace(LinkState::Frozen);
+    }
+
+    /// Forwards again (connections a freeze held resume where they stopped).
+    pub fn restore(&self) {
+        self.shared.state.send_replace(LinkState::Forwarding);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.shared.generation.lock().unwrap().cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((client, _)) = accepted else { continue };
+        if *shared.state.borrow() == LinkState::Cut {
+            drop(client);
+            continue;
+        }
+        let generation = shared.generation.lock().unwrap().clone();
+        tokio::spawn(serve(client, shared.clone(), generation));
+    }
+}
+
+/// One connection: wait out a freeze, connect to the target, pump both ways until either side
+/// closes or the connection's generation is cut.
+async fn serve(client: TcpStream, shared: Arc<Shared>, generation: CancellationToken) {
+    let mut state = shared.state.subscribe();
+    let connected = async {
+        if !wait_forwarding(&mut state).await {
+            return None;
+        }
+        TcpStream::connect(shared.target).await.ok()
+    };
+    let upstream = tokio::select! {
+        _ = generation.cancelled() => return,
+        upstream = connected => match upstream {
+            Some(upstream) => upstream,
+            None => return,
+        },
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let pumps = async {
+        tokio::join!(
+            pump(client_read, upstream_write, shared.state.subscribe()),
+            pump(upstream_read, client_write, shared.state.subscribe()),
+        )
+    };
+    tokio::select! {
+        _ = generation.cancelled() => {}
+        _ = pumps => {}
+    }
+}
+
+/// Waits until the link forwards; `false` if it was cut instead.
+async fn wait_forwarding(state: &mut watch::Receiver<LinkState>) -> bool {
+    loop {
+        match *state.borrow_and_update() {
+            LinkState::Forwarding => return true,
+            LinkState::Cut => return false,
+            LinkState::Frozen => {}
+        }
+        if state.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Copies one direction, holding bytes while frozen; on EOF shuts the write side down so the
+/// other end sees a half-close, as it would without the proxy.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut state: watch::Receiver<LinkState>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !wait_forwarding(&mut state).await {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        // Bytes read just before a freeze are held, not delivered.
+        if !wait_forwarding(&mut state).await {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An echo server; returns its address.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+        stream.write_all(msg).await?;
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("timed out"))??;
+        Ok(buf)
+    }
+
+    /// Reads until the peer closes (Ok(0) or a reset), or gives up after `within`.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn forwards_cuts_and_restores() {
+        let proxy = FaultProxy::start(echo().await).await.unwrap();
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut a, b"hello").await.unwrap(), b"hello");
+
+        proxy.cut();
+        assert_eq!(proxy.state(), LinkState::Cut);
+        assert!(
+            closed_within(&mut a, Duration::from_secs(2)).await,
+            "an open connection is closed by a cut"
+        );
+        // A new connection is accepted by the kernel, then closed at once without a byte.
+        let mut b = TcpStream::connect(proxy.addr()).await.unwrap();
+        let _ = b.write_all(b"x").await;
+        assert!(closed_within(&mut b, Duration::from_secs(2)).await);
+
+        proxy.restore();
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut c, b"again").await.unwrap(), b"again");
+    }
+
+    #[tokio::test]
+    async fn freeze_holds_bytes_without_closing() {
+        let proxy = FaultProxy::start(echo().await).await.unwrap();
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut a, b"one").await.unwrap(), b"one");
+
+        proxy.freeze();
+        a.write_all(b"two").await.unwrap();
+        let mut buf = [0u8; 3];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), a.read_exact(&mut buf))
+                .await
+                .is_err(),
+            "nothing moves while frozen"
+        );
+        // A connection opened during the freeze waits too.
+        let mut b = TcpStream::connect(proxy.addr()).await.unwrap();
+        b.write_all(b"new").await.unwrap();
+
+        proxy.restore();
+        tokio::time::timeout(Duration::from_secs(5), a.read_exact(&mut buf))
+            .await
+            .expect("held bytes delivered after the freeze")
+            .unwrap();
+        assert_eq!(&buf, b"two");
+        let mut got = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"new");
+    }
+
+    #[tokio::test]
+    async fn a_cut_during_a_freeze_closes_the_held_connections() {
+        let proxy = FaultProxy::start(echo().await).await.unwrap();
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut a, b"x").await.unwrap(), b"x");
+        proxy.freeze();
+        proxy.cut();
+        assert!(closed_within(&mut a, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn a_closed_target_closes_the_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        drop(listener);
+        let proxy = FaultProxy::start(target).await.unwrap();
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(closed_within(&mut a, Duration::from_secs(2)).await);
+    }
+}
