@@ -7,6 +7,9 @@
 //!   are accepted but not served — a network partition or a hung peer, which only timeouts and
 //!   heartbeats notice.
 //! - [`FaultProxy::restore`]: back to forwarding.
+//! - [`FaultProxy::set_latency`]: every chunk of bytes is held this long before it is passed on,
+//!   in both directions — a slow or distant dependency, which widens the windows a crash or a
+//!   pause can land in.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,8 @@ pub enum LinkState {
 
 struct Shared {
     target: SocketAddr,
+    /// Added to every forwarded chunk, microseconds.
+    latency_us: std::sync::atomic::AtomicU64,
     state: watch::Sender<LinkState>,
     /// Cancelled by [`FaultProxy::cut`]: closes every connection opened before it.
     generation: Mutex<CancellationToken>,
@@ -45,6 +50,7 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             target,
+            latency_us: std::sync::atomic::AtomicU64::new(0),
             state: watch::Sender::new(LinkState::Forwarding),
             generation: Mutex::new(CancellationToken::new()),
         });
@@ -77,6 +83,14 @@ impl FaultProxy {
     /// Stops moving bytes without closing anything, until [`Self::restore`].
     pub fn freeze(&self) {
         self.shared.state.send_replace(LinkState::Frozen);
+    }
+
+    /// Holds every chunk this long before passing it on (zero: none).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.shared.latency_us.store(
+            latency.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Forwards again (connections a freeze held resume where they stopped).
@@ -131,8 +145,8 @@ async fn serve(client: TcpStream, shared: Arc<Shared>, generation: CancellationT
     let (upstream_read, upstream_write) = upstream.into_split();
     let pumps = async {
         tokio::join!(
-            pump(client_read, upstream_write, shared.state.subscribe()),
-            pump(upstream_read, client_write, shared.state.subscribe()),
+            pump(client_read, upstream_write, &shared),
+            pump(upstream_read, client_write, &shared),
         )
     };
     tokio::select! {
@@ -160,8 +174,9 @@ async fn wait_forwarding(state: &mut watch::Receiver<LinkState>) -> bool {
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut state: watch::Receiver<LinkState>,
+    shared: &Shared,
 ) {
+    let mut state = shared.state.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if !wait_forwarding(&mut state).await {
@@ -174,6 +189,10 @@ async fn pump(
             }
             Ok(n) => n,
         };
+        let latency = shared.latency_us.load(std::sync::atomic::Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(latency)).await;
+        }
         // Bytes read just before a freeze are held, not delivered.
         if !wait_forwarding(&mut state).await {
             return;
@@ -286,6 +305,28 @@ mod tests {
         proxy.freeze();
         proxy.cut();
         assert!(closed_within(&mut a, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn latency_delays_each_way() {
+        let proxy = FaultProxy::start(echo().await).await.unwrap();
+        let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+        proxy.set_latency(Duration::from_millis(150));
+        let t = std::time::Instant::now();
+        assert_eq!(round_trip(&mut a, b"slow").await.unwrap(), b"slow");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        proxy.set_latency(Duration::ZERO);
+        let t = std::time::Instant::now();
+        assert_eq!(round_trip(&mut a, b"fast").await.unwrap(), b"fast");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -19,6 +19,12 @@ async fn a_short_chaos_run_loses_doubles_and_staleifies_nothing() {
     let options = ChaosOptions::short(workspace_binary("sluice-worker"), work.path().to_path_buf());
     let report = run(&options).await.expect("the chaos rig itself failed");
     eprintln!("{}", report.render());
+    // Keep the corpus and the worker logs of a failed run for whoever investigates it.
+    let kept = if report.clean() {
+        work.path().to_path_buf()
+    } else {
+        work.keep()
+    };
     assert!(
         report.worker_kills > 0 && report.worker_freezes > 0,
         "the faults happened"
@@ -39,7 +45,7 @@ async fn a_short_chaos_run_loses_doubles_and_staleifies_nothing() {
         ),
         (0, 0, 0, 0, 0),
         "lost / doubled / stale / count-mismatched / unexpected DLQ (worker logs in {}):\n{}",
-        work.path().join("logs").display(),
+        kept.join("logs").display(),
         report.render()
     );
     assert!(f.indexed_ok > 0 && f.dead_lettered_ok > 0);

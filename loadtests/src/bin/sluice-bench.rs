@@ -116,6 +116,9 @@ struct Args {
     /// Chaos: SIGKILL a worker about this often, seconds.
     #[arg(long, default_value_t = 7)]
     kill_every_secs: u64,
+    /// Chaos: latency the Qdrant proxy adds to each chunk each way, milliseconds.
+    #[arg(long, default_value_t = 300)]
+    qdrant_latency_ms: u64,
     /// Chaos: keep the corpus and worker logs in this folder (default: a temporary one).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -309,6 +312,8 @@ fn chaos(args: &Args, worker_bin: PathBuf, env: HashMap<String, String>) -> anyh
     options.intensity.lease = Duration::from_secs(args.lease_secs);
     options.intensity.kill_every = Duration::from_secs(args.kill_every_secs.max(1));
     options.intensity.duplicates = args.docs / 5;
+    options.qdrant_latency = Duration::from_millis(args.qdrant_latency_ms);
+    options.intensity.freezes = (args.chaos_secs / 15).max(1) as usize;
     if let Some(ms) = args.latency_ms {
         options.latency = Duration::from_millis(ms);
     }

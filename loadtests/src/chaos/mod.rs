@@ -13,11 +13,11 @@
 
 pub mod audit;
 pub mod plan;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -30,10 +30,10 @@ use sluice_shared::queue::{self, Publisher, QueueSettings, job_headers};
 
 use crate::emulator::{EmulatorConfig, EmulatorHandle, FaultKind};
 use crate::faultproxy::FaultProxy;
-use crate::fleet::free_port;
 use crate::qdrant_server::TestQdrant;
 use audit::Findings;
 use plan::{Action, Book, Intensity, RESTART_AFTER};
+use workers::Workers;
 
 /// The collection a chaos run indexes into.
 const COLLECTION: &str = "chaos";
@@ -55,6 +55,9 @@ pub struct ChaosOptions {
     pub latency: Duration,
     /// Background share of provider requests answered 5xx.
     pub error_rate: f64,
+    /// Added by the Qdrant proxy to every chunk each way: a Qdrant that takes its time, so that
+    /// a freeze or a kill often lands in the middle of a write.
+    pub qdrant_latency: Duration,
     pub worker_bin: PathBuf,
     /// Extra worker environment (after the rig's own).
     pub env: HashMap<String, String>,
@@ -82,10 +85,12 @@ impl ChaosOptions {
                 change_share: 0.15,
                 delete_share: 0.08,
                 duplicates: 25,
+                freezes: 5,
             },
             concurrency: 2,
             latency: Duration::from_millis(250),
             error_rate: 0.05,
+            qdrant_latency: Duration::from_millis(300),
             worker_bin,
             env: HashMap::new(),
             work_dir,
@@ -103,6 +108,7 @@ pub struct ChaosReport {
     pub chaos_secs: f64,
     pub outage_secs: f64,
     pub lease_secs: f64,
+    pub qdrant_latency_ms: u64,
     /// The schedule as executed: `"12.3 s kill worker 1"`.
     pub events: Vec<String>,
     pub worker_kills: usize,
@@ -125,13 +131,14 @@ impl ChaosReport {
 
     pub fn render(&self) -> String {
         format!(
-            "chaos run: seed {}, {} workers, {}; {:.0} s of chaos (outages {:.0} s, lease {:.0} s), \
-             {} kills, {} freezes past the lease, {} unexpected exits\n\
+            "chaos run: seed {}, {} workers, {} (+{} ms each way); {:.0} s of chaos (outages {:.0} s, \
+             lease {:.0} s), {} kills, {} freezes past the lease, {} unexpected exits\n\
              provider: {} requests, {} 5xx, {} 429\n\
              drain: {} after {:.1} s; total {:.1} s\n{}verdict: {}\n",
             self.seed,
             self.workers,
             self.qdrant,
+            self.qdrant_latency_ms,
             self.chaos_secs,
             self.outage_secs,
             self.lease_secs,
@@ -151,114 +158,6 @@ impl ChaosReport {
             self.findings.render(),
             if self.clean() { "CLEAN" } else { "FAILED" },
         )
-    }
-}
-
-/// The worker processes, by slot; a slot's process is replaced when it is killed.
-struct Workers {
-    bin: PathBuf,
-    env: HashMap<String, String>,
-    log_dir: PathBuf,
-    slots: Vec<Option<Child>>,
-    frozen: Vec<bool>,
-}
-
-impl Workers {
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_dir.join(format!("worker-{i}.log")))?;
-        let mut cmd = Command::new(&self.bin);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("SLUICE_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .envs(&self.env)
-            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.slots[i] = Some(child);
-        self.frozen[i] = false;
-        Ok(())
-    }
-
-    fn signal(&self, i: usize, signal: i32) {
-        if let Some(child) = &self.slots[i] {
-            // SAFETY: a signal to our own child process.
-            unsafe { libc::kill(child.id() as i32, signal) };
-        }
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.slots[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.frozen[i] = false;
-    }
-
-    /// Slots whose process exited by itself since the last call (their slots are emptied).
-    fn reap(&mut self) -> Vec<(usize, String)> {
-        let mut out = Vec::new();
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(child) = slot
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                out.push((i, status.to_string()));
-                *slot = None;
-            }
-        }
-        out
-    }
-
-    /// A random slot with a running, unfrozen worker.
-    fn pick(&self, rng: &mut StdRng) -> Option<usize> {
-        let running: Vec<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].is_some() && !self.frozen[*i])
-            .collect();
-        (!running.is_empty()).then(|| running[rng.random_range(0..running.len())])
-    }
-
-    /// SIGCONT, SIGTERM, then SIGKILL whatever is still running after `within`.
-    fn stop_all(&mut self, within: Duration) -> Vec<i32> {
-        for i in 0..self.slots.len() {
-            self.signal(i, libc::SIGCONT);
-            self.signal(i, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + within;
-        let mut codes = Vec::new();
-        for slot in &mut self.slots {
-            let Some(mut child) = slot.take() else {
-                continue;
-            };
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    codes.push(status.code().unwrap_or(-1));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    codes.push(-9);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        codes
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for i in 0..self.slots.len() {
-            self.kill(i);
-        }
     }
 }
 
@@ -315,6 +214,8 @@ enum Step {
     RestoreBroker,
     RestorePostgres,
     RestoreQdrant,
+    /// The chaos phase is over.
+    End,
 }
 
 fn index_job(uri: &str) -> String {
@@ -345,6 +246,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut steps: Vec<(Duration, Step)> = plan::schedule(&intensity, options.seed)
         .into_iter()
         .map(|(t, a)| (t, Step::Planned(a)))
+        .chain([(intensity.chaos, Step::End)])
         .collect();
     let mut rng = StdRng::seed_from_u64(options.seed);
 
@@ -357,6 +259,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let broker = FaultProxy::start(target(&amqp_url, 5672).await?).await?;
     let postgres = FaultProxy::start(target(&db.url, 5432).await?).await?;
     let qdrant_proxy = FaultProxy::start(qdrant.addr()).await?;
+    qdrant_proxy.set_latency(options.qdrant_latency);
     let (emulator_addr, emulator): (SocketAddr, EmulatorHandle) =
         crate::emulator::spawn(EmulatorConfig {
             latency: options.latency,
@@ -624,6 +527,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 qdrant_proxy.restore();
                 log.note("Qdrant restored");
             }
+            Step::End => {}
         }
     }
     // Whatever the schedule left broken is repaired before the drain.
@@ -637,6 +541,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             workers.spawn(i)?;
         }
     }
+    qdrant_proxy.set_latency(Duration::ZERO);
     log.note("chaos over; draining");
 
     let drain_start = Instant::now();
@@ -703,6 +608,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         chaos_secs: options.intensity.chaos.as_secs_f64(),
         outage_secs: options.intensity.outage.as_secs_f64(),
         lease_secs: options.intensity.lease.as_secs_f64(),
+        qdrant_latency_ms: options.qdrant_latency.as_millis() as u64,
         events: log.events,
         worker_kills: kills,
         worker_freezes: freezes,

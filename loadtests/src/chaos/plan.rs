@@ -245,6 +245,8 @@ pub struct Intensity {
     pub delete_share: f64,
     /// Extra publishes of jobs already sent.
     pub duplicates: usize,
+    /// Workers frozen (SIGSTOP for 1.5 leases), one after the other.
+    pub freezes: usize,
 }
 
 /// The seeded schedule: `(offset from the start, action)`, sorted by offset.
@@ -269,8 +271,10 @@ pub fn schedule(intensity: &Intensity, seed: u64) -> Vec<(Duration, Action)> {
         t += intensity.kill_every.as_secs_f64() * rng.random_range(0.5..1.5);
     }
     let freeze = intensity.lease.mul_f64(1.5);
-    plan.push((at(0.2), Action::Freeze(freeze)));
-    plan.push((at(0.55), Action::Freeze(freeze)));
+    for i in 0..intensity.freezes {
+        let share = 0.15 + 0.7 * i as f64 / intensity.freezes.max(1) as f64;
+        plan.push((at(share), Action::Freeze(freeze)));
+    }
     plan.push((at(0.35), Action::CutBroker(Duration::from_secs(2))));
     plan.push((at(0.42), Action::CutPostgres(intensity.outage)));
     plan.push((at(0.62), Action::CutQdrant(intensity.outage)));
@@ -308,6 +312,7 @@ mod tests {
             change_share: 0.15,
             delete_share: 0.08,
             duplicates: 20,
+            freezes: 3,
         }
     }
 
