@@ -11,8 +11,10 @@
 //!   in both directions — a slow or distant dependency, which widens the windows a crash or a
 //!   pause can land in.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +36,15 @@ struct Shared {
     state: watch::Sender<LinkState>,
     /// Cancelled by [`FaultProxy::cut`]: closes every connection opened before it.
     generation: Mutex<CancellationToken>,
+    /// Per open connection (by the client's address): when bytes last went up (client to
+    /// target) and down.
+    activity: Mutex<HashMap<SocketAddr, Activity>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Activity {
+    up: Option<Instant>,
+    down: Option<Instant>,
 }
 
 /// A running proxy; dropping it stops listening and closes every connection.
@@ -53,6 +64,7 @@ impl FaultProxy {
             latency_us: std::sync::atomic::AtomicU64::new(0),
             state: watch::Sender::new(LinkState::Forwarding),
             generation: Mutex::new(CancellationToken::new()),
+            activity: Mutex::new(HashMap::new()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -93,6 +105,22 @@ impl FaultProxy {
         );
     }
 
+    /// Clients (their side of the connection) that sent something the target has not answered
+    /// yet, longest waiting first: who is in the middle of a request right now.
+    pub fn awaiting_reply(&self) -> Vec<SocketAddr> {
+        let activity = self.shared.activity.lock().unwrap();
+        let mut waiting: Vec<(Instant, SocketAddr)> = activity
+            .iter()
+            .filter_map(|(addr, a)| match (a.up, a.down) {
+                (Some(up), Some(down)) if up > down => Some((up, *addr)),
+                (Some(up), None) => Some((up, *addr)),
+                _ => None,
+            })
+            .collect();
+        waiting.sort();
+        waiting.into_iter().map(|(_, addr)| addr).collect()
+    }
+
     /// Forwards again (connections a freeze held resume where they stopped).
     pub fn restore(&self) {
         self.shared.state.send_replace(LinkState::Forwarding);
@@ -112,19 +140,30 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((client, _)) = accepted else { continue };
+        let Ok((client, peer)) = accepted else {
+            continue;
+        };
         if *shared.state.borrow() == LinkState::Cut {
             drop(client);
             continue;
         }
         let generation = shared.generation.lock().unwrap().clone();
-        tokio::spawn(serve(client, shared.clone(), generation));
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve(client, peer, shared.clone(), generation).await;
+            shared.activity.lock().unwrap().remove(&peer);
+        });
     }
 }
 
 /// One connection: wait out a freeze, connect to the target, pump both ways until either side
 /// closes or the connection's generation is cut.
-async fn serve(client: TcpStream, shared: Arc<Shared>, generation: CancellationToken) {
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    generation: CancellationToken,
+) {
     let mut state = shared.state.subscribe();
     let connected = async {
         if !wait_forwarding(&mut state).await {
@@ -145,14 +184,20 @@ async fn serve(client: TcpStream, shared: Arc<Shared>, generation: CancellationT
     let (upstream_read, upstream_write) = upstream.into_split();
     let pumps = async {
         tokio::join!(
-            pump(client_read, upstream_write, &shared),
-            pump(upstream_read, client_write, &shared),
+            pump(client_read, upstream_write, &shared, peer, Direction::Up),
+            pump(upstream_read, client_write, &shared, peer, Direction::Down),
         )
     };
     tokio::select! {
         _ = generation.cancelled() => {}
         _ = pumps => {}
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
 }
 
 /// Waits until the link forwards; `false` if it was cut instead.
@@ -175,6 +220,8 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     shared: &Shared,
+    peer: SocketAddr,
+    direction: Direction,
 ) {
     let mut state = shared.state.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
@@ -189,6 +236,14 @@ async fn pump(
             }
             Ok(n) => n,
         };
+        {
+            let mut activity = shared.activity.lock().unwrap();
+            let entry = activity.entry(peer).or_default();
+            match direction {
+                Direction::Up => entry.up = Some(Instant::now()),
+                Direction::Down => entry.down = Some(Instant::now()),
+            }
+        }
         let latency = shared.latency_us.load(std::sync::atomic::Ordering::Relaxed);
         if latency > 0 {
             tokio::time::sleep(std::time::Duration::from_micros(latency)).await;
@@ -327,6 +382,40 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn knows_which_client_awaits_a_reply() {
+        // A target that answers only what ends with a newline.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf[..n].ends_with(b"\n") {
+                            let _ = s.write_all(b"ok\n").await;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = FaultProxy::start(target).await.unwrap();
+        let mut answered = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut waiting = TcpStream::connect(proxy.addr()).await.unwrap();
+        round_trip(&mut answered, b"hi\n").await.unwrap();
+        waiting.write_all(b"no newline yet").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(proxy.awaiting_reply(), vec![waiting.local_addr().unwrap()]);
+        waiting.write_all(b"\n").await.unwrap();
+        let mut reply = [0u8; 3];
+        waiting.read_exact(&mut reply).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(proxy.awaiting_reply().is_empty());
     }
 
     #[tokio::test]

@@ -117,7 +117,7 @@ struct Args {
     #[arg(long, default_value_t = 7)]
     kill_every_secs: u64,
     /// Chaos: latency the Qdrant proxy adds to each chunk each way, milliseconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 150)]
     qdrant_latency_ms: u64,
     /// Chaos: keep the corpus and worker logs in this folder (default: a temporary one).
     #[arg(long)]

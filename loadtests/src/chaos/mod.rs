@@ -90,7 +90,7 @@ impl ChaosOptions {
             concurrency: 2,
             latency: Duration::from_millis(250),
             error_rate: 0.05,
-            qdrant_latency: Duration::from_millis(300),
+            qdrant_latency: Duration::from_millis(150),
             worker_bin,
             env: HashMap::new(),
             work_dir,
@@ -269,6 +269,8 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             ..Default::default()
         })
         .await?;
+    // Only so the rig can see who is waiting for an embedding; it never breaks this link.
+    let provider_proxy = FaultProxy::start(emulator_addr).await?;
 
     let prefix = format!("chaos-{}", uuid::Uuid::new_v4().simple());
     let common: Vec<(&str, String)> = vec![
@@ -282,7 +284,10 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         ("SLUICE_WORKER_CONCURRENCY", options.concurrency.to_string()),
         ("SLUICE_SHUTDOWN_DEADLINE_SECS", "15".into()),
         ("SLUICE_EMBED_PROVIDER", "openai".into()),
-        ("SLUICE_EMBED_BASE_URL", format!("http://{emulator_addr}")),
+        (
+            "SLUICE_EMBED_BASE_URL",
+            format!("http://{}", provider_proxy.addr()),
+        ),
         ("SLUICE_EMBED_API_KEY", "chaos".into()),
     ];
     let direct: HashMap<String, String> = common
@@ -441,13 +446,42 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 }
             }
             Step::Planned(Action::Freeze(d)) => {
-                if let Some(i) = workers.pick(&mut rng) {
+                // The freezes that matter land in the middle of a document: alternately wait (a
+                // little) for a worker waiting on the provider (it writes as soon as it wakes)
+                // and for one waiting on Qdrant (mid-write), else take any.
+                let (proxy, what) = if freezes % 2 == 0 {
+                    (&provider_proxy, "waiting for the provider")
+                } else {
+                    (&qdrant_proxy, "mid-write to Qdrant")
+                };
+                let mut writer = None;
+                let give_up = Instant::now() + Duration::from_secs(5);
+                while writer.is_none() && Instant::now() < give_up {
+                    writer = proxy
+                        .awaiting_reply()
+                        .into_iter()
+                        .filter_map(|client| workers.owner_of(client))
+                        .find(|i| !workers.frozen[*i]);
+                    if writer.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let mid_write = writer.is_some();
+                if let Some(i) = writer.or_else(|| workers.pick(&mut rng)) {
                     workers.signal(i, libc::SIGSTOP);
                     workers.frozen[i] = true;
                     freezes += 1;
-                    log.note(format!("SIGSTOP worker {i} for {:.1} s", d.as_secs_f64()));
+                    log.note(format!(
+                        "SIGSTOP worker {i} for {:.1} s{}",
+                        d.as_secs_f64(),
+                        if mid_write {
+                            format!(" ({what})")
+                        } else {
+                            String::new()
+                        }
+                    ));
                     later(
-                        options.intensity.lease + Duration::from_secs(1),
+                        options.intensity.lease + Duration::from_millis(500),
                         Step::RepublishProcessing,
                     );
                     later(d, Step::Thaw(i));

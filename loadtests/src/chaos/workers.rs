@@ -82,6 +82,22 @@ impl Workers {
         (!running.is_empty()).then(|| running[rng.random_range(0..running.len())])
     }
 
+    /// The slot whose process owns the loopback TCP connection whose local end is `local`.
+    pub(super) fn owner_of(&self, local: std::net::SocketAddr) -> Option<usize> {
+        let needle = format!("socket:[{}]", socket_inode(local)?);
+        self.slots.iter().position(|slot| {
+            let Some(child) = slot else { return false };
+            std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|target| target.to_string_lossy() == needle)
+                    })
+                })
+                .unwrap_or(false)
+        })
+    }
+
     /// SIGCONT, SIGTERM, then SIGKILL whatever is still running after `within`.
     pub(super) fn stop_all(&mut self, within: Duration) -> Vec<i32> {
         for i in 0..self.slots.len() {
@@ -117,5 +133,39 @@ impl Drop for Workers {
         for i in 0..self.slots.len() {
             self.kill(i);
         }
+    }
+}
+
+/// The inode of the IPv4 loopback socket bound to `local`, from `/proc/net/tcp` (columns: `sl
+/// local_address rem_address st queues tr retrnsmt uid timeout inode`, addresses as little-endian
+/// hex `0100007F:PORT`).
+fn socket_inode(local: std::net::SocketAddr) -> Option<u64> {
+    let want = format!("0100007F:{:04X}", local.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&want.as_str()) {
+            fields.get(9)?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_inode_of_our_own_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let inode = socket_inode(stream.local_addr().unwrap()).expect("listed in /proc/net/tcp");
+        let needle = format!("socket:[{inode}]");
+        let ours = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == needle));
+        assert!(ours, "the inode belongs to this process");
     }
 }
