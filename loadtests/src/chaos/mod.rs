@@ -379,11 +379,16 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         while Instant::now() < due {
             tokio::time::sleep(Duration::from_millis(100).min(due - Instant::now())).await;
             for (i, status) in workers.reap() {
+                // Restarted like a killed one (a worker that cannot start during an outage
+                // must not be respawned in a tight loop).
                 exits += 1;
                 log.note(format!(
-                    "worker {i} exited by itself ({status}); restarting"
+                    "worker {i} exited by itself ({status}); restarting in {:.0} s",
+                    RESTART_AFTER.as_secs_f64()
                 ));
-                workers.spawn(i)?;
+                let at = log.start.elapsed() + RESTART_AFTER;
+                let pos = steps.partition_point(|(t, _)| *t <= at);
+                steps.insert(pos, (at, Step::Respawn(i)));
             }
         }
         let now = log.start.elapsed();
@@ -589,6 +594,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             log.note(format!(
                 "worker {i} exited by itself ({status}); restarting"
             ));
+            tokio::time::sleep(RESTART_AFTER).await;
             workers.spawn(i)?;
         }
         let mut depth = 0;
