@@ -13,7 +13,9 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{ScrollPoints, WithPayloadSelector};
 use serde::Serialize;
-use sluice_shared::metadata::{DocStatus, DocumentCursor, DocumentFilter, MetadataStore};
+use sluice_shared::metadata::{
+    DocStatus, DocumentCursor, DocumentFilter, DocumentRecord, MetadataError, MetadataStore,
+};
 use sluice_shared::queue::{self, ERROR_HEADER, ERROR_KIND_HEADER, QueueSettings, header_string};
 use sluice_shared::store::qdrant::value_to_json;
 
@@ -78,6 +80,31 @@ async fn read_index(
             Some(next) => offset = Some(next),
             None => return Ok(out),
         }
+    }
+}
+
+/// Every ledger row of `collection`, page by page.
+pub async fn ledger(
+    metadata: &dyn MetadataStore,
+    collection: &str,
+) -> Result<Vec<DocumentRecord>, MetadataError> {
+    let filter = DocumentFilter {
+        collection: Some(collection.into()),
+        ..DocumentFilter::default()
+    };
+    let mut out: Vec<DocumentRecord> = Vec::new();
+    loop {
+        let cursor = out.last().map(|last| DocumentCursor {
+            collection: last.collection.clone(),
+            doc_id: last.doc_id.clone(),
+        });
+        let page = metadata
+            .list_documents(&filter, cursor.as_ref(), 1000)
+            .await?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
     }
 }
 
@@ -172,25 +199,11 @@ pub async fn audit(
     dlq: &[DeadLetter],
 ) -> anyhow::Result<Findings> {
     let index = read_index(qdrant_url, collection).await?;
-    let mut ledger = HashMap::new();
-    let filter = DocumentFilter {
-        collection: Some(collection.into()),
-        ..DocumentFilter::default()
-    };
-    let mut cursor = None;
-    loop {
-        let page = metadata
-            .list_documents(&filter, cursor.as_ref(), 1000)
-            .await?;
-        let Some(last) = page.last() else { break };
-        cursor = Some(DocumentCursor {
-            collection: last.collection.clone(),
-            doc_id: last.doc_id.clone(),
-        });
-        for record in page {
-            ledger.insert(record.doc_id.clone(), record);
-        }
-    }
+    let ledger: HashMap<String, DocumentRecord> = ledger(metadata, collection)
+        .await?
+        .into_iter()
+        .map(|record| (record.doc_id.clone(), record))
+        .collect();
 
     let mut f = Findings {
         documents: book.docs.len(),

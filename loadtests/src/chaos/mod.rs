@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sluice_shared::config::{Loader, Settings};
-use sluice_shared::metadata::{DocStatus, DocumentFilter, MetadataStore, PostgresStore};
+use sluice_shared::metadata::{DocStatus, MetadataStore, PostgresStore};
 use sluice_shared::queue::{self, Publisher, QueueSettings, job_headers};
 
 use crate::emulator::{EmulatorConfig, EmulatorHandle, FaultKind};
@@ -670,26 +670,10 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 
 /// Every document of the run's collection the ledger has in `processing`, by source.
 async fn processing(metadata: &PostgresStore) -> anyhow::Result<Vec<String>> {
-    let filter = DocumentFilter {
-        collection: Some(COLLECTION.into()),
-        ..DocumentFilter::default()
-    };
-    let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = metadata
-            .list_documents(&filter, cursor.as_ref(), 1000)
-            .await?;
-        let Some(last) = page.last() else { break };
-        cursor = Some(sluice_shared::metadata::DocumentCursor {
-            collection: last.collection.clone(),
-            doc_id: last.doc_id.clone(),
-        });
-        out.extend(
-            page.iter()
-                .filter(|d| d.status == DocStatus::Processing)
-                .map(|d| d.source.clone()),
-        );
-    }
-    Ok(out)
+    Ok(audit::ledger(metadata, COLLECTION)
+        .await?
+        .into_iter()
+        .filter(|d| d.status == DocStatus::Processing)
+        .map(|d| d.source)
+        .collect())
 }
