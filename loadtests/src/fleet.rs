@@ -40,7 +40,10 @@ impl Fleet {
             .expect("start qdrant-standin");
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let port = free_port();
+        let docs = tempfile::tempdir().unwrap();
         let env: HashMap<String, String> = [
+            // Workers read only what the tests write into `docs` (SLUICE_WATCH adds more).
+            ("SLUICE_ALLOWED_SOURCES", docs.path().display().to_string()),
             ("SLUICE_QUEUE_PREFIX", prefix.clone()),
             ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "1,2".into()),
             ("SLUICE_DATABASE_URL", db.url.clone()),
@@ -65,7 +68,7 @@ impl Fleet {
             settings,
             db,
             qdrant_url: format!("http://{addr}"),
-            docs: tempfile::tempdir().unwrap(),
+            docs,
             workers_started: AtomicUsize::new(0),
             standin: Some(standin),
             _standin_dir: standin_dir,
