@@ -283,10 +283,13 @@ async fn invalid_jobs_are_refused_with_the_reason_and_never_queued() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains(r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 5"#),
-        "{metrics}"
-    );
+    for counted in [
+        r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 6"#,
+        r#"sluice_api_requests_total{route="/v1/jobs",status="403"} 3"#,
+        r#"sluice_api_requests_total{route="/v1/jobs",status="413"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
 
     let (code, stderr) = serve.terminate(Duration::from_secs(30));
     assert_eq!(code, 0, "{stderr}");
