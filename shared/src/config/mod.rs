@@ -757,6 +757,39 @@ mod tests {
     }
 
     #[test]
+    fn the_api_is_local_unless_a_key_or_anonymous_access_is_given() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.scheduler.api_listen.to_string(), "127.0.0.1:8080");
+        assert!(s.scheduler.check_api_exposure().is_ok());
+        let exposed = [("SLUICE_API_LISTEN", "0.0.0.0:8080")];
+        let err = load(&exposed)
+            .unwrap()
+            .scheduler
+            .check_api_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SLUICE_API_KEY") && err.contains("SLUICE_API_ALLOW_ANONYMOUS"),
+            "{err}"
+        );
+        let keyed = load(&[exposed[0], ("SLUICE_API_KEY", "k-123")]).unwrap();
+        assert!(keyed.scheduler.check_api_exposure().is_ok());
+        let open = load(&[exposed[0], ("SLUICE_API_ALLOW_ANONYMOUS", "true")]).unwrap();
+        assert!(open.scheduler.check_api_exposure().is_ok());
+    }
+
+    #[test]
+    fn secret_file_contents_are_redacted_from_any_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("qdrant_key");
+        std::fs::write(&file, "qdrant-file-key-5e1f\n").unwrap();
+        let s = load(&[("SLUICE_QDRANT_API_KEY_FILE", file.to_str().unwrap())]).unwrap();
+        assert_eq!(s.qdrant_api_key.unwrap().expose(), "qdrant-file-key-5e1f");
+        let shown = crate::secret::redact("qdrant said: invalid api-key qdrant-file-key-5e1f");
+        assert!(!shown.contains("qdrant-file-key-5e1f"), "{shown}");
+    }
+
+    #[test]
     fn collection_names_are_checked() {
         assert!(load(&[("SLUICE_COLLECTION", "a/b")]).is_err());
         assert!(load(&[("SLUICE_COLLECTION", "docs_v2-en")]).is_ok());
