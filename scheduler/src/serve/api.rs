@@ -354,6 +354,36 @@ async fn count_requests(request: Request, next: Next) -> Response {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn slow_requests_time_out_and_excess_ones_are_refused() {
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "done"
+            }),
+        );
+        let app = with_limits(slow, Duration::from_millis(300), 1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let first = tokio::spawn(reqwest::get(url.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The only slot is taken: refused at once, with a hint when to retry.
+        let second = reqwest::get(&url).await.unwrap();
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            first
+                .text()
+                .await
+                .unwrap()
+                .contains("SLUICE_API_TIMEOUT_SECS")
+        );
+    }
+
     #[test]
     fn keys_are_read_from_both_headers_and_compared_exactly() {
         let mut headers = HeaderMap::new();
