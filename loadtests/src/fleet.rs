@@ -38,7 +38,10 @@ impl Fleet {
         let qdrant_url = qdrant.url();
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let port = free_port();
+        let docs = tempfile::tempdir().unwrap();
         let env: HashMap<String, String> = [
+            // Workers read only what the tests write into `docs` (SLUICE_WATCH adds more).
+            ("SLUICE_ALLOWED_SOURCES", docs.path().display().to_string()),
             ("SLUICE_QUEUE_PREFIX", prefix.clone()),
             ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "1,2".into()),
             ("SLUICE_DATABASE_URL", db.url.clone()),
@@ -63,7 +66,7 @@ impl Fleet {
             settings,
             db,
             qdrant_url,
-            docs: tempfile::tempdir().unwrap(),
+            docs,
             workers_started: AtomicUsize::new(0),
             qdrant: Some(qdrant),
         }

@@ -229,6 +229,47 @@ async fn invalid_jobs_are_refused_with_the_reason_and_never_queued() {
             "{body}: error {error:?} should mention {expected:?}"
         );
     }
+    // Sources outside SLUICE_ALLOWED_SOURCES (the fleet's docs folder): 403, never queued.
+    let docs = url::Url::from_directory_path(fleet.docs.path()).unwrap();
+    for source in [
+        "file:///etc/passwd".to_string(),
+        format!("{docs}../elsewhere/secret.md"),
+        "s3://someone-elses-bucket/payroll.pdf".to_string(),
+    ] {
+        let (status, answer) = post_job(&client, &serve, index_job(&source)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{source} → {answer}");
+        assert_eq!(answer["error_kind"], "forbidden_source", "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("SLUICE_ALLOWED_SOURCES"),
+            "{answer}"
+        );
+    }
+    // Over the caps: metadata (400, naming the setting) and the whole body (413 before parsing).
+    let body = format!(
+        r#"{{"schema_version":1,"kind":"index","source":"{docs}a.md","metadata":{{"x":"{}"}}}}"#,
+        "m".repeat(9 << 10)
+    );
+    let (status, answer) = post_job(&client, &serve, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error_kind"], "job_too_large", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("SLUICE_MAX_METADATA_BYTES"),
+        "{answer}"
+    );
+    let huge = client
+        .post(format!("{}/v1/jobs", serve.url))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 65 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let (status, stats) = get_json(&client, format!("{}/v1/stats", serve.url)).await;
     assert_eq!(status, StatusCode::OK, "{stats}");
     assert_eq!(
@@ -242,10 +283,13 @@ async fn invalid_jobs_are_refused_with_the_reason_and_never_queued() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains(r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 5"#),
-        "{metrics}"
-    );
+    for counted in [
+        r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 6"#,
+        r#"sluice_api_requests_total{route="/v1/jobs",status="403"} 3"#,
+        r#"sluice_api_requests_total{route="/v1/jobs",status="413"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
 
     let (code, stderr) = serve.terminate(Duration::from_secs(30));
     assert_eq!(code, 0, "{stderr}");
@@ -389,6 +433,29 @@ async fn the_api_key_guards_v1_but_not_the_probes_and_is_never_logged() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.is_empty(), "serve logs to stderr");
     assert!(!stderr.contains(&key), "the API key leaked into the log");
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_refuses_to_listen_beyond_loopback_without_a_key() {
+    let fleet = Fleet::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = fleet
+        .sluice()
+        .arg("serve")
+        .env("SLUICE_API_LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sluice serve started without a key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SLUICE_API_KEY") && stderr.contains("SLUICE_API_ALLOW_ANONYMOUS"),
+        "{stderr}"
+    );
     fleet.finish().await;
 }
 

@@ -81,6 +81,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         max_file_size: settings.max_file_size,
         document_budget: DocumentBudget::new(settings.max_inflight_bytes),
         max_attempts: fleet.max_attempts,
+        guard: handler::Guard::from_settings(&settings),
     });
     tracing::info!(queue = %fleet.queue.work_queue, concurrency = fleet.worker_concurrency, "consuming");
 

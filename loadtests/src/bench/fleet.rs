@@ -181,6 +181,12 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     ] {
         env.insert(key.into(), value);
     }
+    // The workers may read the corpus (and whatever the caller's own setting adds).
+    let allowed = match env.get("SLUICE_ALLOWED_SOURCES") {
+        Some(more) if !more.is_empty() => format!("{},{more}", corpus_dir.display()),
+        _ => corpus_dir.display().to_string(),
+    };
+    env.insert("SLUICE_ALLOWED_SOURCES".into(), allowed);
     env.extend(options.env.clone());
     let settings = Settings::from_loader(&Loader::from_parts(env.clone(), None)?)
         .context("the workers' settings")?;

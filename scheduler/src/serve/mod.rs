@@ -57,6 +57,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<Exit
 /// returns `Ok`. Fails at start-up when the broker, the database or the listen address cannot be
 /// used, and later if a background task fails for good (which also stops the rest).
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    settings.scheduler.check_api_exposure()?;
     let prometheus = sluice_shared::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let queue_settings = settings.fleet.queue.clone();
     let connection = queue::connect(&queue_settings).await?;
@@ -88,15 +89,21 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         settings.scheduler.s3_events_queue.clone(),
         settings.collection.clone(),
         settings.scheduler.api_key.clone(),
+        settings.allowed_sources.clone(),
+        settings.job_limits,
     ));
     // SLUICE_SERVE_ROLE splits the API (many replicas) from the watchers (exactly one).
     let role = settings.scheduler.serve_role;
     let ops = ops::router(Some(prometheus), checks);
-    let app = if role.serves_api() {
-        api::router(state).merge(ops)
-    } else {
-        ops
-    };
+    let app = api::with_limits(
+        if role.serves_api() {
+            api::router(state).merge(ops)
+        } else {
+            ops
+        },
+        settings.scheduler.api_timeout,
+        settings.scheduler.api_max_concurrent_requests,
+    );
 
     // Everything below stops on `stop`: the caller's shutdown, or a background task failing.
     let stop = shutdown.child_token();

@@ -1,10 +1,19 @@
 //! Read stage: where documents come from. A local folder or file, or any `object_store` URL
 //! (`file://`, `s3://`, `gs://`, `az://`; credentials from the usual `AWS_*` / `GOOGLE_*` / `AZURE_*`
 //! environment). Every document is named by a stable URI (`file:///abs/path`, `s3://bucket/key`),
-//! which is also its default `doc_id`.
+//! which is also its default `doc_id`. Object keys are percent-encoded in URIs where a URL would
+//! otherwise misread them (`%`, `?`, `#`), so every key round-trips through its URI.
+//!
+//! Which sources a job may name is decided by [`AllowList`] (`SLUICE_ALLOWED_SOURCES`); local
+//! folders are listed and read by [`local`], which never leaves the root and never blocks on a
+//! FIFO or a hung mount past `SLUICE_READ_TIMEOUT_SECS`.
+
+mod allow;
+mod local;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -13,6 +22,11 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::memory::{DocumentBudget, Reservation};
+
+pub use allow::{AllowList, Allowed, SETTING as ALLOWED_SOURCES_SETTING};
+
+/// Default of `SLUICE_READ_TIMEOUT_SECS`: how long reading one source may take.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -24,15 +38,26 @@ pub enum SourceError {
     TooLarge { uri: String, size: u64, limit: u64 },
     #[error("{uri}: {detail}")]
     Io { uri: String, detail: String },
+    /// Outside `SLUICE_ALLOWED_SOURCES` (or a symlink leading out of it): never retried.
+    #[error("{uri}: forbidden source: {reason}")]
+    Forbidden { uri: String, reason: String },
+    /// A FIFO, device, socket or folder: reading it could block forever or never end.
+    #[error("{uri}: {what}, not a regular file; only regular files are read")]
+    NotRegularFile { uri: String, what: &'static str },
+    /// The read did not finish within `SLUICE_READ_TIMEOUT_SECS` (a hung mount or server).
+    #[error("{uri}: the read took longer than {seconds} s (SLUICE_READ_TIMEOUT_SECS)")]
+    Timeout { uri: String, seconds: f64 },
 }
 
 impl SourceError {
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Io { .. } => true,
+            SourceError::Io { .. } | SourceError::Timeout { .. } => true,
             SourceError::InvalidLocation { .. }
             | SourceError::NotFound { .. }
-            | SourceError::TooLarge { .. } => false,
+            | SourceError::TooLarge { .. }
+            | SourceError::Forbidden { .. }
+            | SourceError::NotRegularFile { .. } => false,
         }
     }
 
@@ -42,6 +67,9 @@ impl SourceError {
             SourceError::NotFound { .. } => "not_found",
             SourceError::TooLarge { .. } => "too_large",
             SourceError::Io { .. } => "source_io",
+            SourceError::Forbidden { .. } => "forbidden_source",
+            SourceError::NotRegularFile { .. } => "not_regular_file",
+            SourceError::Timeout { .. } => "source_timeout",
         }
     }
 }
@@ -70,6 +98,9 @@ pub struct Source {
     /// The URL ended in `/`: a prefix, never a single object, so listing skips the HEAD probe
     /// (some S3 servers answer HEAD on a "folder" with an error that the client retries).
     prefix_only: bool,
+    /// Local: the canonical root folder or file, listed and read with `std::fs` (see [`local`]).
+    local_root: Option<PathBuf>,
+    read_timeout: Duration,
 }
 
 impl std::fmt::Debug for Source {
@@ -106,6 +137,8 @@ impl Source {
                 root,
                 root_uri,
                 prefix_only: url.path().ends_with('/'),
+                local_root: None,
+                read_timeout: DEFAULT_READ_TIMEOUT,
             });
         }
         Self::open_local(input, Path::new(input))
@@ -126,15 +159,21 @@ impl Source {
                 input: input.to_string(),
                 reason: e.to_string(),
             })?;
-        let uri_base = "file://".to_string();
-        let root_uri = join_uri(&uri_base, &root);
         Ok(Source {
             store: Arc::new(object_store::local::LocalFileSystem::new()),
-            uri_base,
+            uri_base: "file://".to_string(),
             root,
-            root_uri,
+            root_uri: local::file_uri(&abs),
             prefix_only: false,
+            local_root: Some(abs),
+            read_timeout: DEFAULT_READ_TIMEOUT,
         })
+    }
+
+    /// Limit each read to `timeout` (`SLUICE_READ_TIMEOUT_SECS`; default two minutes).
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
     }
 
     /// The URI of the location as opened; every listed object's URI starts with it.
@@ -145,6 +184,9 @@ impl Source {
     /// Every object under the location (or the single object it names), sorted by URI. Hidden
     /// files and folders (a path segment starting with `.`) are skipped.
     pub async fn list(&self) -> Result<Vec<SourceObject>, SourceError> {
+        if let Some(root) = &self.local_root {
+            return self.list_local(root.clone()).await;
+        }
         if !self.prefix_only
             && let Ok(meta) = self.store.head(&self.root).await
         {
@@ -175,6 +217,37 @@ impl Source {
                 uri: self.root_uri.clone(),
             });
         }
+        objects.sort_by(|a, b| a.uri.cmp(&b.uri));
+        Ok(objects)
+    }
+
+    async fn list_local(&self, root: PathBuf) -> Result<Vec<SourceObject>, SourceError> {
+        let uri = self.root_uri.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            let meta = std::fs::metadata(&root).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => SourceError::NotFound { uri: uri.clone() },
+                _ => SourceError::Io {
+                    uri: uri.clone(),
+                    detail: e.to_string(),
+                },
+            })?;
+            if meta.is_dir() {
+                return Ok(local::list(&root));
+            }
+            if !meta.is_file() {
+                return Err(SourceError::NotRegularFile {
+                    uri,
+                    what: "not a folder or regular file",
+                });
+            }
+            Ok(local::object(&root, &meta).into_iter().collect())
+        })
+        .await
+        .map_err(|e| SourceError::Io {
+            uri: self.root_uri.clone(),
+            detail: format!("listing failed: {e}"),
+        })??;
+        let mut objects = listing;
         objects.sort_by(|a, b| a.uri.cmp(&b.uri));
         Ok(objects)
     }
@@ -221,64 +294,123 @@ impl Source {
         if object.size > max_size {
             return Err(too_large(object.size));
         }
-        let result = self
-            .store
-            .get(&object.location)
-            .await
-            .map_err(|e| self.io_error(&object.uri, e))?;
-        // The object may have grown since it was listed.
-        if result.meta.size > max_size {
-            return Err(too_large(result.meta.size));
+        if let Some(root) = &self.local_root {
+            // Re-checked at read time: the file may have been swapped for a symlink out of the
+            // root since it was listed.
+            let mut allow = AllowList::default();
+            allow.allow(&root.to_string_lossy())?;
+            let Allowed::Local(path) = allow.check(&object.uri)? else {
+                unreachable!("a local root only allows local paths")
+            };
+            let opened = local::open(&object.uri, path, max_size, self.read_timeout).await?;
+            return local::read(&object.uri, opened, max_size, self.read_timeout).await;
         }
-        result
-            .bytes()
-            .await
-            .map_err(|e| self.io_error(&object.uri, e))
+        let read = async {
+            let result = self
+                .store
+                .get(&object.location)
+                .await
+                .map_err(|e| self.io_error(&object.uri, e))?;
+            // The object may have grown since it was listed.
+            if result.meta.size > max_size {
+                return Err(too_large(result.meta.size));
+            }
+            result
+                .bytes()
+                .await
+                .map_err(|e| self.io_error(&object.uri, e))
+        };
+        self.timed(&object.uri, read).await
     }
 
-    /// Open the location of a single URI (as produced by [`Source::list`]) and read it.
-    pub async fn read_uri(uri: &str, max_size: u64) -> Result<Bytes, SourceError> {
-        Self::read_uri_reserving(uri, max_size, None)
+    async fn timed<T>(
+        &self,
+        uri: &str,
+        work: impl Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
+        tokio::time::timeout(self.read_timeout, work)
             .await
-            .map(|(bytes, _)| bytes)
+            .unwrap_or_else(|_| {
+                Err(SourceError::Timeout {
+                    uri: uri.to_string(),
+                    seconds: self.read_timeout.as_secs_f64(),
+                })
+            })
     }
 
-    /// [`Source::read_uri`], first reserving the object's size in `budget` (from the same
-    /// metadata request, so no extra round trip). Hold the reservation until the document is
-    /// processed.
+    /// Read the single object a job names, if `allow` allows it, first reserving its size in
+    /// `budget` (from the same metadata request, so no extra round trip). Hold the reservation
+    /// until the document is processed. Local files are opened at their canonical path (the one
+    /// the check approved), never through a symlink, and must be regular files.
     pub async fn read_uri_reserving(
         uri: &str,
-        max_size: u64,
+        allow: &AllowList,
+        limits: ReadLimits,
         budget: Option<&DocumentBudget>,
     ) -> Result<(Bytes, Option<Reservation>), SourceError> {
-        let source = Source::open(uri)?;
-        let meta = source
-            .store
-            .head(&source.root)
-            .await
-            .map_err(|e| source.io_error(uri, e))?;
-        let object = source.object(meta);
-        let reservation = match budget {
-            // A file over the size limit is refused without being read: nothing to reserve.
-            Some(budget) if object.size <= max_size => Some(budget.reserve(object.size).await),
-            _ => None,
+        let max_size = limits.max_size;
+        let reserve = |size: u64| async move {
+            match budget {
+                Some(budget) => Some(budget.reserve(size).await),
+                None => None,
+            }
+        };
+        if let Allowed::Local(path) = allow.check(uri)? {
+            let opened = local::open(uri, path, max_size, limits.timeout).await?;
+            let reservation = reserve(opened.size).await;
+            let bytes = local::read(uri, opened, max_size, limits.timeout).await?;
+            return Ok((bytes, reservation));
+        }
+        let source = Source::open(uri)?.with_read_timeout(limits.timeout);
+        let head = async {
+            source
+                .store
+                .head(&source.root)
+                .await
+                .map_err(|e| source.io_error(uri, e))
+        };
+        let object = source.object(source.timed(uri, head).await?);
+        // A file over the size limit is refused without being read: nothing to reserve.
+        let reservation = if object.size <= max_size {
+            reserve(object.size).await
+        } else {
+            None
         };
         Ok((source.read(&object, max_size).await?, reservation))
     }
 }
 
-fn join_uri(base: &str, path: &ObjPath) -> String {
-    if base == "file://" {
-        // Percent-encode like a browser would so the URI is valid, yet stable for one path.
-        let raw = format!("/{}", path.as_ref());
-        return url::Url::from_file_path(&raw)
-            .map(|u| u.to_string())
-            .unwrap_or_else(|_| format!("file://{raw}"));
+/// Bounds of one read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// `SLUICE_MAX_FILE_SIZE`.
+    pub max_size: u64,
+    /// `SLUICE_READ_TIMEOUT_SECS`.
+    pub timeout: Duration,
+}
+
+/// The URI of object `key` in `bucket`: `%`, `?` and `#` are percent-encoded so a URL parser
+/// reads back exactly `key` (S3 keys may contain any of them); everything else stays readable.
+pub fn object_uri(scheme: &str, bucket: &str, key: &str) -> String {
+    // Control characters stay raw so the job contract still refuses them by name.
+    const IN_KEY: &percent_encoding::AsciiSet = &percent_encoding::AsciiSet::EMPTY
+        .add(b'%')
+        .add(b'?')
+        .add(b'#');
+    if key.is_empty() {
+        return format!("{scheme}://{bucket}");
     }
-    if path.as_ref().is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}/{}", path.as_ref())
+    format!(
+        "{scheme}://{bucket}/{}",
+        percent_encoding::utf8_percent_encode(key, IN_KEY)
+    )
+}
+
+/// `base` is `<scheme>://<bucket>` (local files are named by [`local::file_uri`]).
+fn join_uri(base: &str, path: &ObjPath) -> String {
+    match base.split_once("://") {
+        Some((scheme, bucket)) => object_uri(scheme, bucket, path.as_ref()),
+        None => base.to_string(),
     }
 }
 
@@ -345,5 +477,69 @@ mod tests {
         std::fs::remove_file(dir.path().join("big.txt")).unwrap();
         let err = source.read(&objects[0], 1 << 20).await.unwrap_err();
         assert!(matches!(err, SourceError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn object_keys_with_url_syntax_round_trip_through_their_uris() {
+        // object_store's in-memory store stands in for S3 here (s3s-fs is not on this machine);
+        // what is checked is Sluice's side: key → listed URI → key read back.
+        let keys = [
+            "docs/what?.txt",
+            "docs/c#sharp.txt",
+            "docs/100%.txt",
+            "docs/a%20b.txt",
+            "docs/1+1 = 2.txt",
+        ];
+        let store = Arc::new(object_store::memory::InMemory::new());
+        for key in keys {
+            // `parse`, not `from`: keys as an S3 listing returns them, unescaped.
+            store
+                .put(
+                    &ObjPath::parse(key).unwrap(),
+                    key.as_bytes().to_vec().into(),
+                )
+                .await
+                .unwrap();
+        }
+        // A decoy each key could be misread as.
+        store
+            .put(
+                &ObjPath::from("docs/what"),
+                "wrong".as_bytes().to_vec().into(),
+            )
+            .await
+            .unwrap();
+        let source = Source {
+            store: store.clone(),
+            uri_base: "s3://bucket".into(),
+            root: ObjPath::from("docs"),
+            root_uri: "s3://bucket/docs".into(),
+            prefix_only: true,
+            local_root: None,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        };
+        let listed = source.list().await.unwrap();
+        assert_eq!(listed.len(), keys.len() + 1);
+        let allow = AllowList::parse("s3://bucket/docs/").unwrap();
+        for object in listed {
+            // What a worker does with the URI: the allow-list and the reader both decode it to
+            // the key that was listed.
+            assert!(allow.check(&object.uri).is_ok(), "{}", object.uri);
+            let reopened = Source::open(&object.uri).unwrap();
+            assert_eq!(reopened.root, object.location, "{}", object.uri);
+            let bytes = source.read(&object, 1 << 20).await.unwrap();
+            if object.location.as_ref() != "docs/what" {
+                assert_eq!(bytes, object.location.as_ref().as_bytes(), "{}", object.uri);
+            }
+        }
+        assert_eq!(
+            object_uri("s3", "bucket", "docs/what?.txt"),
+            "s3://bucket/docs/what%3F.txt"
+        );
+        assert_eq!(
+            object_uri("s3", "bucket", "docs/1+1 = 2.txt"),
+            "s3://bucket/docs/1+1 = 2.txt",
+            "readable where a URL parser reads it right"
+        );
     }
 }
