@@ -275,6 +275,8 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let prefix = format!("chaos-{}", uuid::Uuid::new_v4().simple());
     let common: Vec<(&str, String)> = vec![
         ("SLUICE_QUEUE_PREFIX", prefix),
+        // Workers read only the corpus, as a producer-facing fleet would be configured.
+        ("SLUICE_ALLOWED_SOURCES", corpus_dir.display().to_string()),
         ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "1,2,4".into()),
         ("SLUICE_COLLECTION", COLLECTION.into()),
         (
