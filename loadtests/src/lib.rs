@@ -4,5 +4,6 @@ pub mod bench;
 pub mod corpus;
 pub mod emulator;
 pub mod fleet;
+pub mod hostile;
 pub mod s3;
 pub mod standin;

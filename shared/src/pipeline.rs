@@ -23,7 +23,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
-use crate::chunk::Chunker;
+use crate::chunk::{ChunkError, Chunker};
 use crate::embed::{EmbedError, Embedder, InputKind, SparseEncoder};
 use crate::extract::{self, ExtractError, ExtractSettings};
 use crate::ids;
@@ -342,7 +342,14 @@ impl Pipeline {
         lease_token: uuid::Uuid,
     ) -> Result<Outcome, PipelineError> {
         let t = Instant::now();
-        let doc = extract::extract(&job.source, bytes, &self.extract).await?;
+        // TODO(lead): pass the document's own token (cancelled on timeout) once the pipeline has one.
+        let doc = extract::extract(
+            &job.source,
+            bytes,
+            &self.extract,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await?;
         stage_done("extract", t);
 
         // Plain text has no title of its own; the file name is what a reader would call it.
@@ -352,11 +359,18 @@ impl Pipeline {
             .embed_and_upsert(job, title.as_deref(), windows, hash, version)
             .await
         {
-            // A chunker that panicked ended its windows early: the version is incomplete.
-            Ok(written) => chunking
-                .await
-                .map(|()| written)
-                .map_err(|join| internal(job, join)),
+            // A chunker that panicked or hit the chunk cap ended its windows early: the version
+            // is incomplete.
+            Ok(written) => match chunking.await {
+                Ok(Ok(())) => Ok(written),
+                Ok(Err(ChunkError::TooManyChunks { limit })) => Err(ExtractError::TooManyChunks {
+                    name: job.source.clone(),
+                    limit,
+                }
+                .into()),
+                Ok(Err(e)) => Err(internal(job, e)),
+                Err(join) => Err(internal(job, join)),
+            },
             Err(e) => Err(e),
         };
         let (chunk_count, tokens) = match written {
@@ -422,7 +436,7 @@ impl Pipeline {
         doc: ExtractedDoc,
     ) -> (
         tokio::sync::mpsc::Receiver<Vec<Chunk>>,
-        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<Result<(), ChunkError>>,
     ) {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         let chunker = self.chunker.clone();
@@ -431,12 +445,12 @@ impl Pipeline {
             let mut resumed = Instant::now();
             let mut window = Vec::with_capacity(EMBED_WINDOW);
             for chunk in chunker.chunks(&doc) {
-                window.push(chunk);
+                window.push(chunk?);
                 if window.len() == EMBED_WINDOW {
                     busy += resumed.elapsed();
                     let full = std::mem::replace(&mut window, Vec::with_capacity(EMBED_WINDOW));
                     if sender.blocking_send(full).is_err() {
-                        return; // the embedding side failed and went away
+                        return Ok(()); // the embedding side failed and went away
                     }
                     resumed = Instant::now();
                 }
@@ -446,6 +460,7 @@ impl Pipeline {
             if !window.is_empty() {
                 let _ = sender.blocking_send(window);
             }
+            Ok(())
         });
         (receiver, chunking)
     }
