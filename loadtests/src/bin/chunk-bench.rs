@@ -227,12 +227,12 @@ async fn main() -> anyhow::Result<()> {
             let t = Instant::now();
             let (chunks, _) = new_run(&chunker, &doc);
             let new = t.elapsed();
-            let old_time = if kb <= 256 && !args.new_only {
+            let old_time = if kb <= 1024 && !args.new_only {
                 let t = Instant::now();
                 old.run(&doc);
                 format!("{:>8.2} s", t.elapsed().as_secs_f64())
             } else {
-                "  (skipped: minutes)".to_string()
+                "(not run)".to_string()
             };
             println!(
                 "  {kb:>5} KiB: chunker {:>7.3} s ({chunks} chunks)   tiktoken chunker {old_time}",
