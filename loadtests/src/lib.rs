@@ -6,6 +6,7 @@ pub mod corpus;
 pub mod emulator;
 pub mod faultproxy;
 pub mod fleet;
+pub mod hostile;
 pub mod qdrant_server;
 pub mod s3;
 pub mod standin;

@@ -5,10 +5,11 @@
 //!
 //! Chunking is CPU-bound: call [`Chunker::chunk`] from a blocking thread.
 
-use std::sync::{Arc, OnceLock};
+mod tokenizer;
 
-use text_splitter::{ChunkCharIndex, ChunkConfig, MarkdownSplitter, TextSplitter};
-use tiktoken_rs::CoreBPE;
+use text_splitter::{ChunkCharIndex, ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
+
+pub use tokenizer::Cl100k;
 
 use crate::model::{Chunk, ExtractedDoc};
 
@@ -16,83 +17,173 @@ use crate::model::{Chunk, ExtractedDoc};
 pub enum ChunkError {
     #[error("invalid chunk settings: {0}")]
     Settings(String),
+    #[error(
+        "the document makes more than {limit} chunks (SLUICE_MAX_CHUNKS_PER_DOCUMENT); split it \
+         or raise the limit"
+    )]
+    TooManyChunks { limit: usize },
 }
 
-/// The cl100k tokenizer, built once per process (building it parses a 1.7 MB vocabulary).
-pub fn cl100k() -> Arc<CoreBPE> {
-    static BPE: OnceLock<Arc<CoreBPE>> = OnceLock::new();
-    BPE.get_or_init(|| {
-        Arc::new(tiktoken_rs::cl100k_base().expect("cl100k vocabulary ships inside tiktoken-rs"))
-    })
-    .clone()
+/// Largest piece of a section handed to text-splitter at once. text-splitter's work per chunk
+/// grows with the text left in what it is given (it re-sorts the remaining semantic ranges, and
+/// re-segments an unbreakable run from the cursor), so a 50 MB section in one call is quadratic;
+/// pieces of bounded size keep the whole linear. Sections up to this size are split exactly as
+/// before; longer ones are cut at a paragraph break, else a line break, else a space, near the
+/// end of each piece.
+pub const MAX_PIECE_BYTES: usize = 32 * 1024;
+
+/// Piece size for text with no whitespace at all to cut at (a base64 blob, minified JSON): small,
+/// because text-splitter rescans such a run word- and sentence-wise for every chunk.
+const RUN_PIECE_BYTES: usize = 8 * 1024;
+
+/// text-splitter's sizer: cl100k counts, capped. The splitter only compares a candidate's size
+/// with the capacity (and, probing ahead, with 1.25 × capacity), so counting a candidate far
+/// larger than a chunk past twice the capacity is wasted work.
+#[derive(Debug, Clone, Copy)]
+struct CappedCl100k {
+    cap: usize,
+}
+
+impl ChunkSizer for CappedCl100k {
+    fn size(&self, chunk: &str) -> usize {
+        Cl100k.count_up_to(chunk, self.cap)
+    }
 }
 
 pub struct Chunker {
     max_tokens: usize,
     overlap_tokens: usize,
-    tokenizer: Arc<CoreBPE>,
-    text: TextSplitter<Arc<CoreBPE>>,
-    markdown: MarkdownSplitter<Arc<CoreBPE>>,
+    max_chunks: usize,
+    text: TextSplitter<CappedCl100k>,
+    markdown: MarkdownSplitter<CappedCl100k>,
 }
 
 impl Chunker {
+    /// Default for [`Chunker::with_max_chunks`] (`SLUICE_MAX_CHUNKS_PER_DOCUMENT`).
+    pub const DEFAULT_MAX_CHUNKS: usize = 50_000;
+
     pub fn new(max_tokens: usize, overlap_tokens: usize) -> Result<Self, ChunkError> {
-        let tokenizer = cl100k();
+        let sizer = CappedCl100k {
+            cap: max_tokens.saturating_mul(2).saturating_add(2),
+        };
         let config = || {
             ChunkConfig::new(max_tokens)
                 .with_overlap(overlap_tokens)
-                .map(|c| c.with_sizer(tokenizer.clone()))
+                .map(|c| c.with_sizer(sizer))
                 .map_err(|e| ChunkError::Settings(e.to_string()))
         };
         Ok(Chunker {
             max_tokens,
             overlap_tokens,
+            max_chunks: Self::DEFAULT_MAX_CHUNKS,
             text: TextSplitter::new(config()?),
             markdown: MarkdownSplitter::new(config()?),
-            tokenizer,
         })
     }
 
-    /// Identifies the chunking settings; part of the pipeline fingerprint.
+    /// Fail a document that makes more than `max_chunks` chunks ([`ChunkError::TooManyChunks`]).
+    pub fn with_max_chunks(mut self, max_chunks: usize) -> Self {
+        self.max_chunks = max_chunks;
+        self
+    }
+
+    /// Identifies the chunking settings; part of the pipeline fingerprint. `pieces` marks the
+    /// bounded pieces (sections longer than [`MAX_PIECE_BYTES`] chunk differently from before).
     pub fn fingerprint(&self) -> String {
         format!(
-            "chunker=text-splitter-0.33:cl100k:max={}:overlap={}",
-            self.max_tokens, self.overlap_tokens
+            "chunker=text-splitter-0.33:cl100k:max={}:overlap={}:pieces={}",
+            self.max_tokens, self.overlap_tokens, MAX_PIECE_BYTES
         )
     }
 
     /// Split every section; chunk indexes run across the whole document, char ranges are relative
     /// to the section (the page, for PDFs).
-    pub fn chunk(&self, doc: &ExtractedDoc) -> Vec<Chunk> {
+    pub fn chunk(&self, doc: &ExtractedDoc) -> Result<Vec<Chunk>, ChunkError> {
         self.chunks(doc).collect()
     }
 
     /// [`Chunker::chunk`] one chunk at a time, so a large document's chunks need not all be held
-    /// at once (the pipeline embeds them window by window).
-    pub fn chunks<'a>(&'a self, doc: &'a ExtractedDoc) -> impl Iterator<Item = Chunk> + 'a {
+    /// at once (the pipeline embeds them window by window), and a caller can stop between chunks:
+    /// each step costs at most one piece's worth of work. Past `max_chunks` it yields
+    /// [`ChunkError::TooManyChunks`] once and ends.
+    pub fn chunks<'a>(
+        &'a self,
+        doc: &'a ExtractedDoc,
+    ) -> impl Iterator<Item = Result<Chunk, ChunkError>> + 'a {
         let markdown = doc.format.is_markdown_like();
+        let limit = self.max_chunks;
         doc.sections
             .iter()
             .flat_map(move |section| {
-                let pieces: Box<dyn Iterator<Item = ChunkCharIndex<'a>> + 'a> = if markdown {
-                    Box::new(self.markdown.chunk_char_indices(&section.text))
-                } else {
-                    Box::new(self.text.chunk_char_indices(&section.text))
-                };
-                pieces.map(move |piece| (section.page, piece))
+                pieces(&section.text).flat_map(move |(piece_chars, piece)| {
+                    let chunks: Box<dyn Iterator<Item = ChunkCharIndex<'a>> + 'a> = if markdown {
+                        Box::new(self.markdown.chunk_char_indices(piece))
+                    } else {
+                        Box::new(self.text.chunk_char_indices(piece))
+                    };
+                    chunks.map(move |chunk| (section.page, piece_chars, chunk))
+                })
             })
             .enumerate()
-            .map(|(index, (page, piece))| {
+            .map_while(move |(index, (page, piece_chars, piece))| {
+                if index > limit {
+                    return None;
+                }
+                if index == limit {
+                    return Some(Err(ChunkError::TooManyChunks { limit }));
+                }
+                let start = piece_chars + piece.char_offset;
                 let len = piece.chunk.chars().count();
-                Chunk {
+                Some(Ok(Chunk {
                     index: index as u32,
                     text: piece.chunk.to_string(),
-                    char_range: piece.char_offset..piece.char_offset + len,
+                    char_range: start..start + len,
                     page,
-                    tokens: self.tokenizer.encode_ordinary(piece.chunk).len() as u32,
-                }
+                    tokens: Cl100k.count(piece.chunk) as u32,
+                }))
             })
     }
+}
+
+/// `text` cut into pieces of at most [`MAX_PIECE_BYTES`], each with its char offset in `text`.
+fn pieces(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut rest = text;
+    let mut chars_before = 0;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = piece_end(rest);
+        let (piece, tail) = rest.split_at(cut);
+        let offset = chars_before;
+        chars_before += piece.chars().count();
+        rest = tail;
+        Some((offset, piece))
+    })
+}
+
+/// Byte length of the next piece of `text`: all of it if short, else up to and including the last
+/// paragraph break in the second half of the window, else the last line break there, else the
+/// last whitespace anywhere in the window, else [`RUN_PIECE_BYTES`] of an unbreakable run.
+fn piece_end(text: &str) -> usize {
+    if text.len() <= MAX_PIECE_BYTES {
+        return text.len();
+    }
+    let window = &text[..text.floor_char_boundary(MAX_PIECE_BYTES)];
+    let half = window.ceil_char_boundary(window.len() / 2);
+    if let Some(i) = window[half..].rfind("\n\n") {
+        return half + i + 2;
+    }
+    if let Some(i) = window[half..].rfind('\n') {
+        return half + i + 1;
+    }
+    if let Some((i, c)) = window.char_indices().rev().find(|(_, c)| c.is_whitespace())
+        && i > 0
+    {
+        return i + c.len_utf8();
+    }
+    text.floor_char_boundary(RUN_PIECE_BYTES)
+        .max(text.ceil_char_boundary(1))
 }
 
 #[cfg(test)]
@@ -129,7 +220,9 @@ mod tests {
     fn chunks_respect_the_token_limit() {
         let chunker = Chunker::new(64, 8).unwrap();
         for format in [DocFormat::Text, DocFormat::Markdown] {
-            let chunks = chunker.chunk(&doc(format, vec![(long_text(40), None)]));
+            let chunks = chunker
+                .chunk(&doc(format, vec![(long_text(40), None)]))
+                .unwrap();
             assert!(chunks.len() > 5);
             for c in &chunks {
                 assert!(
@@ -148,7 +241,9 @@ mod tests {
         let chunker = Chunker::new(50, 10).unwrap();
         let text = long_text(30);
         let chars: Vec<char> = text.chars().collect();
-        let chunks = chunker.chunk(&doc(DocFormat::Text, vec![(text.clone(), None)]));
+        let chunks = chunker
+            .chunk(&doc(DocFormat::Text, vec![(text.clone(), None)]))
+            .unwrap();
         let mut covered = vec![false; chars.len()];
         for c in &chunks {
             let slice: String = chars[c.char_range.clone()].iter().collect();
@@ -181,7 +276,10 @@ mod tests {
             DocFormat::Markdown,
             vec![(format!("# Title\n\n{}", long_text(20)), None)],
         );
-        assert_eq!(chunker.chunk(&d), Chunker::new(40, 5).unwrap().chunk(&d));
+        assert_eq!(
+            chunker.chunk(&d).unwrap(),
+            Chunker::new(40, 5).unwrap().chunk(&d).unwrap()
+        );
     }
 
     #[test]
@@ -191,12 +289,103 @@ mod tests {
             DocFormat::Pdf,
             vec![(long_text(6), Some(1)), (long_text(6), Some(2))],
         );
-        let chunks = chunker.chunk(&d);
+        let chunks = chunker.chunk(&d).unwrap();
         assert_eq!(chunks.first().unwrap().page, Some(1));
         assert_eq!(chunks.last().unwrap().page, Some(2));
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.index as usize, i);
         }
+    }
+
+    /// Every char of `text` that is not whitespace lies in a chunk whose range points at it.
+    fn assert_covers(text: &str, chunks: &[Chunk]) {
+        let chars: Vec<char> = text.chars().collect();
+        let mut covered = vec![false; chars.len()];
+        for c in chunks {
+            let slice: String = chars[c.char_range.clone()].iter().collect();
+            assert_eq!(slice, c.text, "chunk {} range", c.index);
+            covered[c.char_range.clone()]
+                .iter_mut()
+                .for_each(|x| *x = true);
+        }
+        let missed = (0..chars.len()).find(|&i| !covered[i] && !chars[i].is_whitespace());
+        assert_eq!(missed, None, "a char is in no chunk");
+    }
+
+    #[test]
+    fn long_sections_are_chunked_in_pieces_that_keep_ranges_right() {
+        let chunker = Chunker::new(128, 16).unwrap();
+        // Paragraphs, then an unbreakable run (a base64 blob), then multibyte text, all in one
+        // section several pieces long.
+        let text = format!(
+            "{}\n\n{}\n{}",
+            long_text(400),
+            "QUJD+/z9".repeat(20_000),
+            "ünïcödé 世界 ".repeat(5_000)
+        );
+        assert!(text.len() > 6 * MAX_PIECE_BYTES);
+        for format in [DocFormat::Text, DocFormat::Markdown] {
+            let chunks = chunker
+                .chunk(&doc(format, vec![(text.clone(), None)]))
+                .unwrap();
+            assert_covers(&text, &chunks);
+            for c in &chunks {
+                assert!(
+                    c.tokens as usize <= 128 && c.tokens > 0,
+                    "{} tokens",
+                    c.tokens
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_tile_the_text() {
+        for text in [
+            String::new(),
+            "short".to_string(),
+            "x".repeat(100_000),
+            "é".repeat(50_001),
+            "🦀∉ é\n".repeat(10_000),
+            format!("{}\n\n{}", "a b ".repeat(10_000), "y".repeat(70_000)),
+        ] {
+            let mut joined = String::new();
+            let mut chars = 0;
+            for (offset, piece) in pieces(&text) {
+                assert_eq!(offset, chars);
+                assert!(!piece.is_empty() && piece.len() <= MAX_PIECE_BYTES);
+                chars += piece.chars().count();
+                joined.push_str(piece);
+            }
+            assert_eq!(joined, text);
+        }
+    }
+
+    #[test]
+    fn too_many_chunks_is_an_error_after_the_limit() {
+        let chunker = Chunker::new(20, 0).unwrap().with_max_chunks(3);
+        let items: Vec<_> = chunker
+            .chunks(&doc(DocFormat::Text, vec![(long_text(10), None)]))
+            .collect();
+        assert_eq!(items.len(), 4);
+        assert!(items[..3].iter().all(Result::is_ok));
+        let err = items[3].as_ref().unwrap_err();
+        assert!(matches!(err, ChunkError::TooManyChunks { limit: 3 }));
+        assert!(err.to_string().contains("SLUICE_MAX_CHUNKS_PER_DOCUMENT"));
+        // Exactly at the limit is fine.
+        let few = Chunker::new(20, 0).unwrap();
+        let n = few
+            .chunk(&doc(DocFormat::Text, vec![(long_text(2), None)]))
+            .unwrap()
+            .len();
+        let exact = Chunker::new(20, 0).unwrap().with_max_chunks(n);
+        assert_eq!(
+            exact
+                .chunk(&doc(DocFormat::Text, vec![(long_text(2), None)]))
+                .unwrap()
+                .len(),
+            n
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::lease::Lease;
 
-use crate::chunk::Chunker;
+use crate::chunk::{ChunkError, Chunker};
 use crate::embed::{EmbedError, Embedder, InputKind, SparseEncoder};
 use crate::extract::{self, ExtractError, ExtractSettings};
 use crate::ids;
@@ -607,7 +607,8 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<Written, PipelineError> {
         let t = Instant::now();
-        let doc = extract::extract(&job.source, bytes, &self.extract).await?;
+        // Cancelled when the run times out or loses its lease: blocking extraction stops too.
+        let doc = extract::extract(&job.source, bytes, &self.extract, cancel).await?;
         stage_done("extract", t);
 
         // Plain text has no title of its own; the file name is what a reader would call it.
@@ -620,6 +621,14 @@ impl Pipeline {
         match chunking.await.map_err(|join| internal(job, join))? {
             ChunkingEnd::Complete => Ok(written),
             ChunkingEnd::Stopped => Err(internal(job, "chunking stopped before the end")),
+            ChunkingEnd::Failed(ChunkError::TooManyChunks { limit }) => {
+                Err(ExtractError::TooManyChunks {
+                    name: job.source.clone(),
+                    limit,
+                }
+                .into())
+            }
+            ChunkingEnd::Failed(e) => Err(internal(job, e)),
         }
     }
 
@@ -645,7 +654,10 @@ impl Pipeline {
                 if cancel.is_cancelled() {
                     return ChunkingEnd::Stopped;
                 }
-                window.push(chunk);
+                match chunk {
+                    Ok(chunk) => window.push(chunk),
+                    Err(e) => return ChunkingEnd::Failed(e),
+                }
                 if window.len() == EMBED_WINDOW {
                     busy += resumed.elapsed();
                     let full = std::mem::replace(&mut window, Vec::with_capacity(EMBED_WINDOW));
@@ -872,11 +884,13 @@ struct Claim<'a> {
 }
 
 /// How the chunking thread ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum ChunkingEnd {
     Complete,
     /// Cancelled, or the embedding side went away: the windows sent are not the whole document.
     Stopped,
+    /// The chunker refused the document (e.g. over `SLUICE_MAX_CHUNKS_PER_DOCUMENT`).
+    Failed(ChunkError),
 }
 
 fn lease_doc(lease: &Lease<'_>) -> String {

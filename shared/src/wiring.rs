@@ -238,6 +238,8 @@ pub fn extract_settings(settings: &Settings) -> ExtractSettings {
     extract.pdf_timeout = settings.pdf_timeout;
     extract.pdf_memory_limit = settings.pdf_memory_limit;
     extract.pdf_children = ExtractSettings::children(settings.pdf_max_children);
+    extract.max_extracted_bytes =
+        usize::try_from(settings.max_extracted_bytes).unwrap_or(usize::MAX);
     extract
 }
 
@@ -248,10 +250,10 @@ pub async fn build_pipeline(
 ) -> Result<Pipeline, WiringError> {
     let metadata = open_metadata(settings).await?;
     let embedder = build_embedder(&settings.embed, open_fleet_budget(settings)?)?;
-    let chunker = Arc::new(Chunker::new(
-        settings.chunk_max_tokens,
-        settings.chunk_overlap_tokens,
-    )?);
+    let chunker = Arc::new(
+        Chunker::new(settings.chunk_max_tokens, settings.chunk_overlap_tokens)?
+            .with_max_chunks(settings.max_chunks_per_document),
+    );
     let sparse = Arc::new(Bm25Encoder::new(Bm25Settings::default())?);
     let store = open_vector_store(settings).await?;
     Ok(Pipeline::new(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_shared::extract::{self, ExtractError, ExtractSettings, pdf};
 use sluice_shared::model::{DocFormat, ExtractedDoc};
+use tokio_util::sync::CancellationToken;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_sluice-extract-pdf");
 
@@ -26,6 +27,7 @@ fn settings() -> ExtractSettings {
         pdf_memory_limit: ExtractSettings::DEFAULT_PDF_MEMORY_LIMIT,
         pdf_command: vec![CHILD.into()],
         pdf_children: ExtractSettings::children(2),
+        max_extracted_bytes: ExtractSettings::DEFAULT_MAX_EXTRACTED_BYTES,
     }
 }
 
@@ -44,7 +46,13 @@ fn faulty(fault: &str, timeout: Duration) -> ExtractSettings {
 }
 
 async fn extract_fixture(file: &str) -> Result<ExtractedDoc, ExtractError> {
-    extract::extract(file, read(&fixtures().join(file)), &settings()).await
+    extract::extract(
+        file,
+        read(&fixtures().join(file)),
+        &settings(),
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 fn only_text(doc: &ExtractedDoc) -> &str {
@@ -201,13 +209,23 @@ async fn html_named_pdf_is_extracted_as_html() {
 
 #[tokio::test]
 async fn empty_and_blank_inputs_are_told_apart() {
-    let err = extract::extract("e.txt", Bytes::new(), &settings())
-        .await
-        .unwrap_err();
+    let err = extract::extract(
+        "e.txt",
+        Bytes::new(),
+        &settings(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ExtractError::Empty { .. }), "{err:?}");
-    let err = extract::extract("blank.md", Bytes::from_static(b" \n\t\r\n"), &settings())
-        .await
-        .unwrap_err();
+    let err = extract::extract(
+        "blank.md",
+        Bytes::from_static(b" \n\t\r\n"),
+        &settings(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ExtractError::NoText { .. }), "{err:?}");
     assert!(err.to_string().contains("blank.md"));
 }
@@ -218,6 +236,7 @@ async fn child_abort_is_a_crash_not_our_death() {
         "a.pdf",
         read(&fixtures().join("multipage.pdf")),
         &faulty("abort", Duration::from_secs(30)),
+        &CancellationToken::new(),
     )
     .await
     .unwrap_err();
@@ -239,6 +258,7 @@ async fn child_stack_overflow_is_a_crash() {
         "deep.pdf",
         read(&fixtures().join("multipage.pdf")),
         &faulty("stack-overflow", Duration::from_secs(30)),
+        &CancellationToken::new(),
     )
     .await
     .unwrap_err();
@@ -261,6 +281,7 @@ async fn hung_child_is_killed_at_the_timeout() {
         "slow.pdf",
         read(&fixtures().join("multipage.pdf")),
         &faulty("hang", Duration::from_secs(2)),
+        &CancellationToken::new(),
     )
     .await
     .unwrap_err();
@@ -289,6 +310,7 @@ async fn memory_limit_stops_a_decompression_bomb() {
         "bomb.pdf",
         read(&fixtures().join("inflate-bomb.pdf")),
         &settings,
+        &CancellationToken::new(),
     )
     .await;
     match result {
@@ -312,6 +334,7 @@ async fn no_zombie_children_after_faults() {
             "z.pdf",
             read(&fixtures().join("multipage.pdf")),
             &faulty(fault, Duration::from_secs(1)),
+            &CancellationToken::new(),
         )
         .await;
         assert!(result.is_err(), "{fault}");
@@ -368,7 +391,7 @@ async fn example_corpus_extracts() {
     for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let doc = extract::extract(&name, read(&path), &settings())
+        let doc = extract::extract(&name, read(&path), &settings(), &CancellationToken::new())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let expected = match path.extension().and_then(|e| e.to_str()) {

@@ -162,6 +162,12 @@ pub struct Settings {
     pub chunk_max_tokens: usize,
     /// `SLUICE_CHUNK_OVERLAP_TOKENS`: overlap between neighbouring chunks (default 64).
     pub chunk_overlap_tokens: usize,
+    /// `SLUICE_MAX_EXTRACTED_BYTES`: most text one document may yield (default 64MiB); more fails
+    /// the document (`too_much_text`).
+    pub max_extracted_bytes: u64,
+    /// `SLUICE_MAX_CHUNKS_PER_DOCUMENT`: most chunks one document may make (default 50000); more
+    /// fails the document (`too_many_chunks`).
+    pub max_chunks_per_document: usize,
     pub embed: EmbedConfig,
     /// `SLUICE_PDF_TIMEOUT_SECS`: time limit of the PDF extraction child (default 120).
     pub pdf_timeout: Duration,
@@ -431,6 +437,8 @@ impl Settings {
             concurrency: l.get("concurrency", 64)?,
             chunk_max_tokens: l.get("chunk_max_tokens", 512)?,
             chunk_overlap_tokens: l.get("chunk_overlap_tokens", 64)?,
+            max_extracted_bytes: l.size("max_extracted_bytes", 64 << 20)?,
+            max_chunks_per_document: l.get("max_chunks_per_document", 50_000)?,
             embed,
             pdf_timeout: l.secs("pdf_timeout_secs", 120)?,
             pdf_memory_limit: l.size("pdf_memory_limit", 2 << 30)?,
@@ -488,6 +496,18 @@ impl Settings {
         }
         if self.chunk_max_tokens < 16 {
             return Err(invalid("SLUICE_CHUNK_MAX_TOKENS", "must be at least 16"));
+        }
+        if self.max_extracted_bytes < 1024 {
+            return Err(invalid(
+                "SLUICE_MAX_EXTRACTED_BYTES",
+                "must be at least 1KiB",
+            ));
+        }
+        if self.max_chunks_per_document == 0 {
+            return Err(invalid(
+                "SLUICE_MAX_CHUNKS_PER_DOCUMENT",
+                "must be at least 1",
+            ));
         }
         if self.chunk_overlap_tokens >= self.chunk_max_tokens {
             return Err(invalid(

@@ -12,6 +12,7 @@ use ego_tree::NodeRef;
 use ego_tree::iter::Edge;
 use scraper::{Html, Node};
 
+use super::{ExtractError, Limits};
 use crate::model::{DocFormat, ExtractedDoc, Section};
 
 /// Elements whose whole subtree is chrome or not text.
@@ -53,24 +54,136 @@ const BLOCKS: &[&str] = &[
     "caption",
 ];
 
-/// Extract the readable text and title of an HTML page.
-pub fn extract(html: &str) -> ExtractedDoc {
+/// Deepest list nesting shown by indentation; deeper items are indented like this level, so the
+/// output stays linear in the input (`"  ".repeat(depth)` per item made N nested lists N² bytes).
+const MAX_LIST_INDENT: usize = 8;
+
+/// Deepest element nesting accepted (Chromium's parser stops nesting at the same depth). The HTML
+/// tree builder scans the stack of open elements for many start tags, so its cost is the number of
+/// tags times the depth: 100k nested elements took minutes.
+pub const MAX_NESTING: usize = 512;
+
+/// Elements that never nest (void) or that the tree builder closes implicitly when a sibling
+/// starts (optional end tags); neither deepens a page the way unclosed `<div>`s do.
+const FLAT: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "rb", "rt",
+    "rp", "thead", "tbody", "tfoot", "colgroup", "caption", "html", "head", "body",
+];
+
+/// Elements whose content is raw text: their `<` are not tags.
+const RAW_TEXT: &[&str] = &[
+    "script",
+    "style",
+    "textarea",
+    "title",
+    "xmp",
+    "iframe",
+    "noembed",
+    "noframes",
+    "plaintext",
+];
+
+/// Whether the tags of `html` nest deeper than `limit`, by a linear scan of its tags (start tags
+/// deepen, end tags close, void and optional-end elements count for nothing, comments and raw text
+/// are skipped). An estimate, but unclosed elements are what it can overcount, and the tree builder
+/// nests those too.
+fn nests_deeper_than(html: &str, limit: usize) -> bool {
+    let bytes = html.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(offset) = memchr_lt(&bytes[i..]) {
+        i += offset + 1;
+        if bytes[i..].starts_with(b"!--") {
+            i = html[i..].find("-->").map_or(bytes.len(), |e| i + e + 3);
+            continue;
+        }
+        let closing = bytes.get(i) == Some(&b'/');
+        let name_start = i + usize::from(closing);
+        let name_len = bytes[name_start..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if name_len == 0 || !bytes[name_start].is_ascii_alphabetic() {
+            continue;
+        }
+        let name = html[name_start..name_start + name_len].to_ascii_lowercase();
+        let end = html[name_start..]
+            .find('>')
+            .map_or(bytes.len(), |e| name_start + e);
+        let self_closing = end > 0 && bytes.get(end - 1) == Some(&b'/');
+        i = end.min(bytes.len());
+        if FLAT.contains(&name.as_str()) {
+            continue;
+        }
+        if closing {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        if RAW_TEXT.contains(&name.as_str()) {
+            let close = format!("</{name}");
+            i = find_ascii_case_insensitive(&html[i..], &close).map_or(bytes.len(), |e| i + e);
+            continue;
+        }
+        if !self_closing {
+            depth += 1;
+            if depth > limit {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn memchr_lt(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'<')
+}
+
+fn find_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    (0..=h.len().checked_sub(n.len())?).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+/// Edges of the tree walked between two checks of the limits (cancellation, text cap).
+const CHECK_EVERY: usize = 4096;
+
+/// Extract the readable text and title of an HTML page. `name` names the page in errors; the walk
+/// stops with an error once the text passes `limits.max_bytes` or `limits.cancel` fires.
+pub fn extract(name: &str, html: &str, limits: &Limits) -> Result<ExtractedDoc, ExtractError> {
+    limits.check(name, 0)?;
+    if nests_deeper_than(html, MAX_NESTING) {
+        return Err(ExtractError::Unsupported {
+            name: name.to_string(),
+            detail: format!("HTML elements nested more than {MAX_NESTING} deep"),
+        });
+    }
+    limits.check(name, 0)?;
     let document = Html::parse_document(html);
     let mut out = Renderer::default();
     let mut skip_until = None;
-    for edge in document.tree.root().traverse() {
+    // Open <article>/<section>/<main> elements around the current node (see `is_chrome`).
+    let mut in_content = 0usize;
+    for (step, edge) in document.tree.root().traverse().enumerate() {
+        if step % CHECK_EVERY == 0 {
+            limits.check(name, out.out.len())?;
+        }
         match edge {
             Edge::Open(node) => {
                 if skip_until.is_some() {
                     continue;
                 }
-                if is_chrome(node) {
+                if is_chrome(node, in_content > 0) {
                     skip_until = Some(node.id());
                     continue;
                 }
                 match node.value() {
                     Node::Text(text) => out.text(text),
-                    Node::Element(el) => out.open(el.name()),
+                    Node::Element(el) => {
+                        if is_content(el.name()) {
+                            in_content += 1;
+                        }
+                        out.open(el.name())
+                    }
                     Node::Document
                     | Node::Fragment
                     | Node::Doctype(_)
@@ -86,21 +199,31 @@ pub fn extract(html: &str) -> ExtractedDoc {
                     continue;
                 }
                 if let Node::Element(el) = node.value() {
+                    if is_content(el.name()) {
+                        in_content = in_content.saturating_sub(1);
+                    }
                     out.close(el.name());
                 }
             }
         }
     }
+    limits.check(name, out.out.len())?;
     let text = out.finish();
     let title = page_title(&document).or_else(|| first_h1(&text));
-    ExtractedDoc {
+    Ok(ExtractedDoc {
         format: DocFormat::Html,
         title,
         sections: vec![Section { text, page: None }],
-    }
+    })
 }
 
-fn is_chrome(node: NodeRef<'_, Node>) -> bool {
+fn is_content(name: &str) -> bool {
+    matches!(name, "article" | "section" | "main")
+}
+
+/// `in_content`: some ancestor is an `<article>`, `<section>` or `<main>` (tracked by the walk, as
+/// asking each node for its ancestors is quadratic in the nesting depth).
+fn is_chrome(node: NodeRef<'_, Node>, in_content: bool) -> bool {
     let Node::Element(el) = node.value() else {
         return false;
     };
@@ -120,9 +243,7 @@ fn is_chrome(node: NodeRef<'_, Node>) -> bool {
     // As in the HTML spec's banner/contentinfo rule: <header>/<footer> are site chrome unless they
     // belong to an article or section, where they hold its heading or byline.
     if name == "header" || name == "footer" {
-        return !node.ancestors().any(|a| {
-            matches!(a.value(), Node::Element(e) if matches!(e.name(), "article" | "section" | "main"))
-        });
+        return !in_content;
     }
     false
 }
@@ -206,8 +327,10 @@ impl Renderer {
             }
             "li" => {
                 self.line_break();
-                let depth = self.lists.len().max(1);
-                self.out.push_str(&"  ".repeat(depth - 1));
+                let depth = self.lists.len().clamp(1, MAX_LIST_INDENT);
+                for _ in 1..depth {
+                    self.out.push_str("  ");
+                }
                 match self.lists.last_mut() {
                     Some(Some(n)) => {
                         self.out.push_str(&format!("{n}. "));
@@ -338,7 +461,7 @@ mod tests {
             </article></main>
             <script>var tracking = 1;</script>
             <footer>Copyright Footer</footer></body></html>"#;
-        let doc = extract(page);
+        let doc = extract("page.html", page, &Limits::none()).unwrap();
         assert_eq!(doc.title.as_deref(), Some("My Page"));
         let text = &doc.sections[0].text;
         for chrome in [
@@ -361,7 +484,12 @@ mod tests {
 
     #[test]
     fn title_falls_back_to_first_h1_and_pre_is_verbatim() {
-        let doc = extract("<body><h1>Only H1</h1><pre>a  b\n  c</pre><p>x<br>y</p></body>");
+        let doc = extract(
+            "t.html",
+            "<body><h1>Only H1</h1><pre>a  b\n  c</pre><p>x<br>y</p></body>",
+            &Limits::none(),
+        )
+        .unwrap();
         assert_eq!(doc.title.as_deref(), Some("Only H1"));
         assert_eq!(
             doc.sections[0].text,
@@ -371,7 +499,74 @@ mod tests {
 
     #[test]
     fn deep_nesting_does_not_overflow() {
-        let page = format!("{}deep{}", "<div>".repeat(30_000), "</div>".repeat(30_000));
-        assert_eq!(extract(&page).sections[0].text, "deep");
+        let nested = |depth: usize| {
+            format!(
+                "{}deep{}",
+                "<div><b>".repeat(depth / 2),
+                "</b></div>".repeat(depth / 2)
+            )
+        };
+        let page = nested(MAX_NESTING);
+        assert_eq!(
+            extract("deep.html", &page, &Limits::none())
+                .unwrap()
+                .sections[0]
+                .text,
+            "deep"
+        );
+        let err = extract("deeper.html", &nested(100_000), &Limits::none()).unwrap_err();
+        assert!(matches!(err, ExtractError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("deeper.html"), "{err}");
+    }
+
+    #[test]
+    fn nesting_estimate_ignores_flat_elements_comments_and_raw_text() {
+        let sloppy = format!(
+            "<html><body>{}<!-- <div><div><div> --><script>{}</script></body></html>",
+            "<p>para<li>item<br><img src=x><td>cell<input/>".repeat(5_000),
+            "if (a<b) { x = '<div>'; }".repeat(5_000)
+        );
+        assert!(!nests_deeper_than(&sloppy, 8));
+        assert!(nests_deeper_than(&"<div>".repeat(9), 8));
+        assert!(!nests_deeper_than(&"<div></div>".repeat(100), 8));
+    }
+
+    #[test]
+    fn nested_lists_are_indented_to_a_bounded_depth() {
+        let depth = MAX_NESTING;
+        let page = format!(
+            "{}{}",
+            "<ul><li>item".repeat(depth),
+            "</li></ul>".repeat(depth)
+        );
+        let text = extract("lists.html", &page, &Limits::none())
+            .unwrap()
+            .sections[0]
+            .text
+            .clone();
+        let items: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(items.len(), depth);
+        assert_eq!(items[..3], ["- item", "  - item", "    - item"]);
+        let widest = items.iter().map(|l| l.len()).max().unwrap();
+        assert_eq!(widest, 2 * (MAX_LIST_INDENT - 1) + "- item".len());
+    }
+
+    #[test]
+    fn the_text_cap_and_cancellation_stop_the_walk() {
+        let page = format!("<p>{}</p>", "word ".repeat(100_000));
+        let small = Limits {
+            max_bytes: 10_000,
+            cancel: Default::default(),
+        };
+        let err = extract("big.html", &page, &small).unwrap_err();
+        assert!(
+            matches!(err, ExtractError::TooMuchText { limit: 10_000, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("big.html"));
+        let cancelled = Limits::none();
+        cancelled.cancel.cancel();
+        let err = extract("big.html", &page, &cancelled).unwrap_err();
+        assert!(matches!(err, ExtractError::Cancelled { .. }), "{err}");
     }
 }

@@ -10,6 +10,8 @@ pub mod text;
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::model::{DocFormat, ExtractedDoc};
 
 /// Why a document could not be extracted. Every variant is a property of the input, so none is
@@ -34,6 +36,18 @@ pub enum ExtractError {
     Timeout { name: String, timeout: Duration },
     #[error("{name}: PDF extraction process crashed ({detail})")]
     Crashed { name: String, detail: String },
+    #[error(
+        "{name}: more than {limit} bytes of extracted text (SLUICE_MAX_EXTRACTED_BYTES); split the \
+         document or raise the limit"
+    )]
+    TooMuchText { name: String, limit: usize },
+    #[error(
+        "{name}: makes more than {limit} chunks (SLUICE_MAX_CHUNKS_PER_DOCUMENT); split the \
+         document or raise the limit"
+    )]
+    TooManyChunks { name: String, limit: usize },
+    #[error("{name}: extraction cancelled")]
+    Cancelled { name: String },
     #[error("{name}: could not run the PDF extraction process: {source}")]
     Io {
         name: String,
@@ -46,8 +60,11 @@ impl ExtractError {
     /// Whether trying again could succeed. Exhaustive on purpose: a new variant must decide.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ExtractError::Io { .. } => true,
-            ExtractError::Empty { .. }
+            // Cancelled by the caller (timeout, shutdown): the document itself may be fine.
+            ExtractError::Io { .. } | ExtractError::Cancelled { .. } => true,
+            ExtractError::TooMuchText { .. }
+            | ExtractError::TooManyChunks { .. }
+            | ExtractError::Empty { .. }
             | ExtractError::Unsupported { .. }
             | ExtractError::Corrupt { .. }
             | ExtractError::Encoding { .. }
@@ -67,6 +84,9 @@ impl ExtractError {
             ExtractError::NoText { .. } => "no_text",
             ExtractError::Timeout { .. } => "extract_timeout",
             ExtractError::Crashed { .. } => "extract_crashed",
+            ExtractError::TooMuchText { .. } => "too_much_text",
+            ExtractError::TooManyChunks { .. } => "too_many_chunks",
+            ExtractError::Cancelled { .. } => "cancelled",
             ExtractError::Io { .. } => "extract_io",
         }
     }
@@ -85,6 +105,9 @@ pub struct ExtractSettings {
     /// PDF children running at once in this process (`SLUICE_PDF_MAX_CHILDREN`); shared by
     /// every clone of these settings.
     pub pdf_children: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Most text one document may yield (bytes of UTF-8, all sections); more fails the document
+    /// with [`ExtractError::TooMuchText`] (`SLUICE_MAX_EXTRACTED_BYTES`).
+    pub max_extracted_bytes: usize,
 }
 
 impl ExtractSettings {
@@ -94,8 +117,11 @@ impl ExtractSettings {
     /// Default address-space limit for the PDF child: 2 GiB (virtual; the resident size of a normal
     /// extraction is far smaller).
     pub const DEFAULT_PDF_MEMORY_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+    /// Default cap on extracted text: 64 MiB, about 16 million tokens or 35,000 chunks of 512 —
+    /// far beyond any book, while a worker holding a few such documents stays within its memory.
+    pub const DEFAULT_MAX_EXTRACTED_BYTES: usize = 64 * 1024 * 1024;
 
-    /// 120 s timeout, 2 GiB memory limit, and the running binary as the PDF child
+    /// 120 s timeout, 2 GiB memory limit, 64 MiB of text, and the running binary as the PDF child
     /// ([`pdf::default_pdf_command`]).
     pub fn with_defaults() -> Self {
         ExtractSettings {
@@ -103,6 +129,7 @@ impl ExtractSettings {
             pdf_memory_limit: Self::DEFAULT_PDF_MEMORY_LIMIT,
             pdf_command: pdf::default_pdf_command(),
             pdf_children: Self::children(Self::default_max_children()),
+            max_extracted_bytes: Self::DEFAULT_MAX_EXTRACTED_BYTES,
         }
     }
 
@@ -119,11 +146,14 @@ impl ExtractSettings {
 }
 
 /// Extract text from `bytes`. `name` (file name or URI) names the input in errors and is used as a
-/// format hint when sniffing is inconclusive. Runs blocking work on the blocking pool.
+/// format hint when sniffing is inconclusive. Runs blocking work on the blocking pool; cancelling
+/// `cancel` makes that work stop within a fraction of a second with [`ExtractError::Cancelled`]
+/// (a PDF child is killed when this future is dropped).
 pub async fn extract(
     name: &str,
     bytes: bytes::Bytes,
     settings: &ExtractSettings,
+    cancel: &CancellationToken,
 ) -> Result<ExtractedDoc, ExtractError> {
     if bytes.is_empty() {
         return Err(ExtractError::Empty {
@@ -135,14 +165,27 @@ pub async fn extract(
         DocFormat::Pdf => pdf::extract_in_child(name, bytes, settings).await?,
         DocFormat::Html | DocFormat::Markdown | DocFormat::Text => {
             let owned_name = name.to_string();
-            tokio::task::spawn_blocking(move || extract_textual(&owned_name, &bytes, format))
-                .await
-                .map_err(|join| ExtractError::Crashed {
-                    name: name.to_string(),
-                    detail: join.to_string(),
-                })??
+            let limits = Limits {
+                max_bytes: settings.max_extracted_bytes,
+                cancel: cancel.clone(),
+            };
+            tokio::task::spawn_blocking(move || {
+                extract_textual(&owned_name, &bytes, format, &limits)
+            })
+            .await
+            .map_err(|join| ExtractError::Crashed {
+                name: name.to_string(),
+                detail: join.to_string(),
+            })??
         }
     };
+    let text_bytes: usize = doc.sections.iter().map(|s| s.text.len()).sum();
+    if text_bytes > settings.max_extracted_bytes {
+        return Err(ExtractError::TooMuchText {
+            name: name.to_string(),
+            limit: settings.max_extracted_bytes,
+        });
+    }
     if doc.sections.iter().all(|s| s.text.trim().is_empty()) {
         return Err(ExtractError::NoText {
             name: name.to_string(),
@@ -151,15 +194,55 @@ pub async fn extract(
     Ok(doc)
 }
 
+/// What the in-process extractors check as they go: the text cap and cancellation.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub cancel: CancellationToken,
+}
+
+impl Limits {
+    /// No cap, never cancelled (tests and tools).
+    pub fn none() -> Self {
+        Limits {
+            max_bytes: usize::MAX,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The error for `name` if it must stop now, given `len` bytes of text so far.
+    pub fn check(&self, name: &str, len: usize) -> Result<(), ExtractError> {
+        if self.cancel.is_cancelled() {
+            return Err(ExtractError::Cancelled {
+                name: name.to_string(),
+            });
+        }
+        if len > self.max_bytes {
+            return Err(ExtractError::TooMuchText {
+                name: name.to_string(),
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 fn extract_textual(
     name: &str,
     bytes: &[u8],
     format: DocFormat,
+    limits: &Limits,
 ) -> Result<ExtractedDoc, ExtractError> {
     let text = text::decode(name, bytes)?;
     match format {
-        DocFormat::Html => Ok(html::extract(&text)),
-        DocFormat::Markdown => Ok(text::markdown(text)),
-        DocFormat::Text | DocFormat::Pdf => Ok(text::plain(text)),
+        DocFormat::Html => html::extract(name, &text, limits),
+        DocFormat::Markdown => {
+            limits.check(name, text.len())?;
+            Ok(text::markdown(text))
+        }
+        DocFormat::Text | DocFormat::Pdf => {
+            limits.check(name, text.len())?;
+            Ok(text::plain(text))
+        }
     }
 }

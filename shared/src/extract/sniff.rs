@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use encoding_rs::Encoding;
+
 use super::ExtractError;
 use crate::model::DocFormat;
 
@@ -40,16 +42,21 @@ pub fn detect(name: &str, bytes: &[u8]) -> Result<DocFormat, ExtractError> {
         return Ok(DocFormat::Pdf);
     }
 
-    // A BOM settles that the content is text (UTF-16 is full of NUL bytes, so check it first).
+    // A BOM settles that the content is text (UTF-16 is full of NUL bytes, so check it first), and
+    // so does the zero-byte pattern of UTF-16 without one.
+    let utf16 = utf16_without_bom(head);
     let has_bom = encoding_rs::Encoding::for_bom(head).is_some();
-    if !has_bom && let Some(detail) = binary_reason(head) {
+    if !has_bom
+        && utf16.is_none()
+        && let Some(detail) = binary_reason(head)
+    {
         return Err(ExtractError::Unsupported {
             name: name.to_string(),
             detail,
         });
     }
 
-    let text_head = decode_head(head);
+    let text_head = decode_head(head, utf16);
     let lower = text_head.trim_start().to_ascii_lowercase();
     if looks_like_html(&lower)
         || (matches!(ext.as_deref(), Some("html" | "htm" | "xhtml")) && lower.starts_with('<'))
@@ -114,13 +121,41 @@ fn binary_reason(sample: &[u8]) -> Option<String> {
 
 /// Good-enough text of the sample for marker checks: all markers are ASCII, so a lossy decode (or
 /// the BOM's encoding for UTF-16) is fine here; the real decode happens in [`super::text`].
-fn decode_head(head: &[u8]) -> String {
-    match encoding_rs::Encoding::for_bom(head) {
-        Some((encoding, bom_len)) => encoding
+fn decode_head(head: &[u8], utf16: Option<&'static Encoding>) -> String {
+    match (encoding_rs::Encoding::for_bom(head), utf16) {
+        (Some((encoding, bom_len)), _) => encoding
             .decode_without_bom_handling(&head[bom_len..])
             .0
             .into_owned(),
-        None => String::from_utf8_lossy(head).into_owned(),
+        (None, Some(encoding)) => encoding.decode_without_bom_handling(head).0.into_owned(),
+        (None, None) => String::from_utf8_lossy(head).into_owned(),
+    }
+}
+
+/// UTF-16 without a byte-order mark, recognised in the first bytes of `bytes` by its zero bytes:
+/// text in a Latin script has a zero high byte in most code units (the odd bytes in little-endian,
+/// the even ones in big-endian) and almost never a zero low byte. Binary data that happens to match
+/// is still refused by the decoder's control-character check.
+pub fn utf16_without_bom(bytes: &[u8]) -> Option<&'static Encoding> {
+    let sample = &bytes[..bytes.len().min(SNIFF_LEN) & !1];
+    let units = sample.len() / 2;
+    if units < 2 {
+        return None;
+    }
+    let (mut even, mut odd) = (0, 0);
+    for unit in sample.chunks_exact(2) {
+        even += usize::from(unit[0] == 0);
+        odd += usize::from(unit[1] == 0);
+    }
+    // At least two zero bytes: one NUL in a short sample is binary, not UTF-16.
+    let many = (units * 3 / 10).max(2);
+    let few = units / 20;
+    if odd >= many && even <= few {
+        Some(encoding_rs::UTF_16LE)
+    } else if even >= many && odd <= few {
+        Some(encoding_rs::UTF_16BE)
+    } else {
+        None
     }
 }
 
@@ -233,6 +268,27 @@ mod tests {
             bytes.extend_from_slice(&u.to_le_bytes());
         }
         assert_eq!(fmt("u16.txt", &bytes), DocFormat::Text);
+    }
+
+    #[test]
+    fn utf16_without_bom_is_recognised() {
+        let text = "Plain words in UTF-16, no byte-order mark.\n# Not markdown\n";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(utf16_without_bom(&le), Some(encoding_rs::UTF_16LE));
+        assert_eq!(utf16_without_bom(&be), Some(encoding_rs::UTF_16BE));
+        assert_eq!(fmt("le.txt", &le), DocFormat::Text);
+        let html: Vec<u8> = "<!doctype html><p>hi</p>"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(fmt("page", &html), DocFormat::Html);
+        assert_eq!(utf16_without_bom(b"plain ascii"), None);
+        assert_eq!(utf16_without_bom(b"a"), None);
+        assert!(matches!(
+            detect("blob", &[0u8; 64]),
+            Err(ExtractError::Unsupported { .. })
+        ));
     }
 
     #[test]

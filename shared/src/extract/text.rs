@@ -2,7 +2,8 @@
 //! Markdown, HTML) into a Rust string before the format-specific extractor runs, and builds the
 //! [`ExtractedDoc`] for plain text and Markdown.
 //!
-//! Order of evidence: a byte-order mark (UTF-8, UTF-16LE/BE) decides; otherwise valid UTF-8 is
+//! Order of evidence: a byte-order mark (UTF-8, UTF-16LE/BE) decides; then the zero bytes of
+//! UTF-16 without a mark ([`super::sniff::utf16_without_bom`]); otherwise valid UTF-8 is
 //! UTF-8; otherwise `chardetng` guesses a legacy encoding (Windows-1252, Shift_JIS, GBK, …) and
 //! `encoding_rs` decodes it. A decode that needs replacement characters or yields control-character
 //! soup is refused rather than indexed as mojibake.
@@ -29,6 +30,16 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<String, ExtractError> {
                 .ok_or_else(|| {
                     encoding_error(format!(
                         "invalid {} after its byte-order mark",
+                        encoding.name()
+                    ))
+                })?
+        } else if let Some(encoding) = super::sniff::utf16_without_bom(bytes) {
+            // Before UTF-8: ASCII text in UTF-16 is valid UTF-8 too, NULs and all.
+            encoding
+                .decode_without_bom_handling_and_without_replacement(bytes)
+                .ok_or_else(|| {
+                    encoding_error(format!(
+                        "looks like {} without a byte-order mark but is not valid",
                         encoding.name()
                     ))
                 })?
@@ -126,6 +137,18 @@ mod tests {
             bytes.extend_from_slice(&u.to_be_bytes());
         }
         assert_eq!(decode("b.txt", &bytes).unwrap(), "Grüße, 世界");
+    }
+
+    #[test]
+    fn utf16_without_bom_is_decoded() {
+        let text = "Grüße aus Köln — plain words without a byte-order mark.";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(decode("le.txt", &le).unwrap(), text);
+        assert_eq!(decode("be.txt", &be).unwrap(), text);
+        // Odd length: not valid UTF-16, refused with the name.
+        let err = decode("odd.txt", &le[..le.len() - 1]).unwrap_err();
+        assert!(err.to_string().contains("odd.txt"), "{err}");
     }
 
     #[test]
