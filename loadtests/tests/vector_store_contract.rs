@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use sluice_shared::model::{ChunkPayload, Point, SparseVector, Vectors};
+use sluice_shared::model::{ChunkPayload, Point, SearchHit, SparseVector, Vectors};
 use sluice_shared::secret::Secret;
 use sluice_shared::store::edge::EdgeStore;
 use sluice_shared::store::qdrant::QdrantStore;
@@ -104,8 +104,17 @@ fn point(
             tenant: tenant.map(str::to_string),
             ingested_at: "2025-01-02T03:04:05Z".to_string(),
             metadata,
+            staged: false,
         },
     }
+}
+
+/// The same points as a version still being written.
+fn staged(mut points: Vec<Point>) -> Vec<Point> {
+    for p in &mut points {
+        p.payload.staged = true;
+    }
+    points
 }
 
 /// `n` chunks of `doc` at `version`, with dense vectors on axis `axis`.
@@ -265,23 +274,102 @@ mod cases {
         assert_eq!(listed, expected);
     }
 
-    pub async fn delete_other_versions_keeps_exactly_the_kept_version(store: &dyn VectorStore) {
+    pub async fn publish_version_shows_it_and_drops_only_older_versions(store: &dyn VectorStore) {
         store.ensure_collection(&hybrid("c")).await.unwrap();
         // Document IDs with spaces, one a prefix of the other: the filter must be an exact keyword
         // match, never a full-text one.
         let a = "reports/annual report.pdf";
         let b = "reports/annual report.pdf draft";
         let old = doc_points(a, 1, 3, 0);
-        let new = doc_points(a, 2, 2, 0);
+        let new = staged(doc_points(a, 2, 2, 0));
+        // A newer run's version, still being written: publication must never touch it.
+        let newer = staged(doc_points(a, 3, 1, 0));
         let other = doc_points(b, 1, 2, 2);
-        for batch in [old, new.clone(), other.clone()] {
+        for batch in [old, new.clone(), newer.clone(), other.clone()] {
             store.upsert("c", batch).await.unwrap();
         }
-        store.delete_other_versions("c", a, 2).await.unwrap();
-        assert_store_holds_exactly(store, new.iter().chain(&other)).await;
+        // Staged points are invisible to searches.
+        let visible = |hits: &[SearchHit]| {
+            let mut v: Vec<(String, i64)> = hits
+                .iter()
+                .map(|h| (h.payload.doc_id.clone(), h.payload.version))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let q = query(Some(dense(0, 0.1)), &[(7, 1.0)], 50);
+        assert_eq!(
+            visible(&store.search("c", &q).await.unwrap()),
+            [(a.to_string(), 1), (b.to_string(), 1)]
+        );
+        store.publish_version("c", a, 2).await.unwrap();
+        assert_store_holds_exactly(store, new.iter().chain(&newer).chain(&other)).await;
+        assert_eq!(
+            visible(&store.search("c", &q).await.unwrap()),
+            [(a.to_string(), 2), (b.to_string(), 1)]
+        );
         // Idempotent: a redelivered job deletes nothing more.
-        store.delete_other_versions("c", a, 2).await.unwrap();
-        assert_eq!(store.count("c", None).await.unwrap(), 4);
+        store.publish_version("c", a, 2).await.unwrap();
+        assert_eq!(store.count("c", None).await.unwrap(), 5);
+        assert_eq!(store.count_version("c", a, 2).await.unwrap(), 2);
+        assert_eq!(store.count_version("c", a, 3).await.unwrap(), 1);
+        let page = store.scroll_points("c", None, 100).await.unwrap();
+        let staged_versions: Vec<i64> = page
+            .points
+            .iter()
+            .filter(|p| p.staged)
+            .map(|p| p.version)
+            .collect();
+        assert_eq!(
+            staged_versions,
+            [3],
+            "only the newer run's points are still staged"
+        );
+    }
+
+    pub async fn set_labels_replaces_tenant_and_metadata_of_one_version(store: &dyn VectorStore) {
+        store.ensure_collection(&hybrid("c")).await.unwrap();
+        store.upsert("c", doc_points("a", 1, 3, 0)).await.unwrap();
+        store.upsert("c", doc_points("b", 1, 1, 1)).await.unwrap();
+        let metadata = serde_json::Map::from_iter([("team".to_string(), "legal".into())]);
+        store
+            .set_labels("c", "a", 1, Some("globex"), &metadata)
+            .await
+            .unwrap();
+        let mut q = query(Some(dense(0, 0.1)), &[(7, 1.0)], 50);
+        q.tenant = Some("globex".into());
+        let hits = store.search("c", &q).await.unwrap();
+        assert_eq!(hits.len(), 3);
+        assert!(hits.iter().all(|h| h.payload.doc_id == "a"
+            && h.payload.metadata == metadata
+            && h.payload.text.starts_with("chunk")));
+    }
+
+    pub async fn scroll_points_pages_the_whole_collection(store: &dyn VectorStore) {
+        store.ensure_collection(&hybrid("c")).await.unwrap();
+        for d in 0..7 {
+            store
+                .upsert("c", doc_points(&format!("doc-{d}"), 1, 5, d))
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = store.scroll_points("c", after, 8).await.unwrap();
+            assert!(page.points.len() <= 8);
+            pages += 1;
+            seen.extend(page.points.into_iter().map(|p| p.id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert!(pages >= 5, "35 points in pages of 8");
+        let unique: std::collections::HashSet<_> = seen.iter().collect();
+        assert_eq!((seen.len(), unique.len()), (35, 35));
     }
 
     pub async fn delete_version_removes_only_that_version_of_that_document(
@@ -298,16 +386,24 @@ mod cases {
         assert_store_holds_exactly(store, current.iter().chain(&other)).await;
     }
 
-    pub async fn delete_document_removes_every_version(store: &dyn VectorStore) {
+    pub async fn delete_document_removes_every_version_up_to_the_given_one(
+        store: &dyn VectorStore,
+    ) {
         store.ensure_collection(&hybrid("c")).await.unwrap();
         store.upsert("c", doc_points("a b", 1, 2, 0)).await.unwrap();
         store.upsert("c", doc_points("a b", 2, 3, 0)).await.unwrap();
-        store.upsert("c", doc_points("a", 1, 2, 1)).await.unwrap();
-        store.delete_document("c", "a b").await.unwrap();
-        assert_eq!(store.count("c", Some("a b")).await.unwrap(), 0);
-        assert_eq!(store.count("c", Some("a")).await.unwrap(), 2);
-        store.delete_document("c", "never-existed").await.unwrap();
-        assert_eq!(store.count("c", None).await.unwrap(), 2);
+        // A re-index that started after the deletion was recorded.
+        let later = staged(doc_points("a b", 3, 1, 0));
+        store.upsert("c", later.clone()).await.unwrap();
+        let other = doc_points("a", 1, 2, 1);
+        store.upsert("c", other.clone()).await.unwrap();
+        store.delete_document("c", "a b", 2).await.unwrap();
+        assert_store_holds_exactly(store, later.iter().chain(&other)).await;
+        store
+            .delete_document("c", "never-existed", i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(store.count("c", None).await.unwrap(), 3);
     }
 
     /// Documents: `dense-hit` is nearest by the dense vector only, `lexical-hit` matches the query
@@ -455,8 +551,9 @@ mod cases {
                 .await
                 .map(drop),
         );
-        missing(store.delete_document("ghost", "a").await);
-        missing(store.delete_other_versions("ghost", "a", 1).await);
+        missing(store.delete_document("ghost", "a", 1).await);
+        missing(store.publish_version("ghost", "a", 1).await);
+        missing(store.scroll_points("ghost", None, 10).await.map(drop));
     }
 
     pub async fn large_upsert_is_batched(store: &dyn VectorStore) {
@@ -507,9 +604,11 @@ contract!(
     incompatible_spec_is_rejected,
     upsert_then_count_and_list,
     reupsert_same_ids_does_not_duplicate,
-    delete_other_versions_keeps_exactly_the_kept_version,
+    publish_version_shows_it_and_drops_only_older_versions,
+    set_labels_replaces_tenant_and_metadata_of_one_version,
+    scroll_points_pages_the_whole_collection,
     delete_version_removes_only_that_version_of_that_document,
-    delete_document_removes_every_version,
+    delete_document_removes_every_version_up_to_the_given_one,
     search_dense_relevant,
     search_sparse_relevant,
     search_hybrid_fuses_both_rankings,
@@ -526,7 +625,7 @@ async fn edge_data_and_spec_survive_reopening() {
         let store = EdgeStore::open(dir.path()).await.unwrap();
         store.ensure_collection(&hybrid("c")).await.unwrap();
         store.upsert("c", points.clone()).await.unwrap();
-        store.delete_other_versions("c", "a", 1).await.unwrap();
+        store.publish_version("c", "a", 1).await.unwrap();
     }
     let store = EdgeStore::open(dir.path()).await.unwrap();
     assert_eq!(store.count("c", None).await.unwrap(), 5);
@@ -569,7 +668,7 @@ async fn standin_writes_survive_sigkill() {
     store.ensure_collection(&hybrid("c")).await.unwrap();
     store.upsert("c", doc_points("a", 1, 300, 0)).await.unwrap();
     store.upsert("c", doc_points("a", 2, 3, 0)).await.unwrap();
-    store.delete_other_versions("c", "a", 2).await.unwrap();
+    store.publish_version("c", "a", 2).await.unwrap();
     // SIGKILL: no shutdown path runs, so only what each waited write flushed can survive.
     standin.kill_hard().await;
     let restarted = common::standin::start_standin_in(dir.path()).await;
@@ -658,7 +757,7 @@ async fn standin_optimizes_as_collections_grow_and_keeps_every_point() {
         .map(|i| point("doc-0", 2, i, Some(dense(5, 0.1)), &[(999_999, 1.0)], None))
         .collect();
     store.upsert("c", replacement.clone()).await.unwrap();
-    store.delete_other_versions("c", "doc-0", 2).await.unwrap();
+    store.publish_version("c", "doc-0", 2).await.unwrap();
     kept.retain(|p| p.payload.doc_id != "doc-0");
     kept.extend(replacement);
 

@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Ingest(args) => ingest::run(settings, args).await,
             Command::Search(args) => search::run(settings, args).await,
@@ -93,5 +93,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Reindex(args) => reindex::run(settings, args).await,
             Command::Verify(args) => verify::run(settings, args).await,
         }
-    })
+    });
+    // Blocking work of abandoned documents (a timed-out extraction) must not hold the exit:
+    // dropping the runtime would wait for it.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long the process waits for blocking tasks still running when a command ends.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

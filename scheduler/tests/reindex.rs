@@ -199,6 +199,7 @@ async fn an_interrupted_reindex_resumes_after_its_saved_cursor() {
             doc_id: doc_id.clone(),
             source: format!("file:///srv/docs/{doc_id}.md"),
             tenant: None,
+            metadata: None,
             content_hash: "h".into(),
             fingerprint: "f".into(),
             force: false,
@@ -207,12 +208,23 @@ async fn an_interrupted_reindex_resumes_after_its_saved_cursor() {
         let BeginOutcome::Claimed {
             version,
             lease_token,
+            labels,
         } = metadata.begin(&req).await.unwrap()
         else {
             panic!("claim {doc_id}");
         };
         metadata
-            .commit("fleet", &doc_id, lease_token, version, "h", "f", 1, 10)
+            .commit(&sluice_shared::metadata::CommitRequest {
+                collection: "fleet",
+                doc_id: &doc_id,
+                lease_token,
+                version,
+                content_hash: "h",
+                fingerprint: "f",
+                chunk_count: 1,
+                tokens: 10,
+                labels: &labels,
+            })
             .await
             .unwrap();
     }

@@ -54,7 +54,53 @@ pub const VERIFY_DURATION: &str = "sluice_verify_duration_seconds";
 /// `sluice verify`: 1 if the last run finished, 0 if it stopped with an error.
 pub const VERIFY_SUCCESS: &str = "sluice_verify_last_run_success";
 
+/// Jobs settled by a worker, by kind and outcome.
+pub const JOBS_TOTAL: &str = "sluice_jobs_total";
+/// Time from a job's publication to its ack.
+pub const JOB_AGE_SECONDS: &str = "sluice_job_publish_to_ack_seconds";
+/// Jobs a worker is processing.
+pub const JOBS_IN_FLIGHT: &str = "sluice_jobs_in_flight";
+/// 1 while a worker's intake is paused because `dependency` is unreachable.
+pub const INTAKE_PAUSED: &str = "sluice_worker_intake_paused";
+/// Pauses of a worker's intake, by dependency.
+pub const OUTAGES_TOTAL: &str = "sluice_worker_outages_total";
+
+/// A worker paused its intake because `dependency` does not answer.
+pub fn outage_started(dependency: &'static str) {
+    metrics::gauge!(INTAKE_PAUSED, "dependency" => dependency).set(1.0);
+    metrics::counter!(OUTAGES_TOTAL, "dependency" => dependency).increment(1);
+}
+
+/// `dependency` answers again; intake resumes.
+pub fn outage_ended(dependency: &'static str) {
+    metrics::gauge!(INTAKE_PAUSED, "dependency" => dependency).set(0.0);
+}
+
+/// Counts one unit of work in an in-flight gauge for as long as it lives, whatever way the work
+/// ends (returned, failed, cancelled or abandoned at shutdown).
+pub struct InFlight(&'static str);
+
+impl InFlight {
+    /// `sluice_documents_in_flight`.
+    pub fn documents() -> Self {
+        Self::enter(IN_FLIGHT)
+    }
+
+    /// Any in-flight gauge by name.
+    pub fn enter(gauge: &'static str) -> Self {
+        metrics::gauge!(gauge).increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
 /// Registers descriptions so `/metrics` carries HELP lines.
+
 pub fn describe() {
     describe_counter!(
         DOCUMENTS_TOTAL,
@@ -75,6 +121,20 @@ pub fn describe() {
     );
     describe_counter!(BYTES_READ_TOTAL, Unit::Bytes, "Bytes read from sources.");
     describe_gauge!(IN_FLIGHT, "Documents being processed right now.");
+    describe_counter!(
+        JOBS_TOTAL,
+        "Jobs settled, by kind and outcome (acked, retried, dead_lettered, handed_back)."
+    );
+    describe_histogram!(JOB_AGE_SECONDS, Unit::Seconds, "Time from publish to ack.");
+    describe_gauge!(JOBS_IN_FLIGHT, "Jobs this worker is processing.");
+    describe_gauge!(
+        INTAKE_PAUSED,
+        "1 while the worker takes no jobs because a dependency is unreachable, by dependency."
+    );
+    describe_counter!(
+        OUTAGES_TOTAL,
+        "Times the worker paused its intake for an unreachable dependency, by dependency."
+    );
     describe_counter!(
         EMBED_REQUESTS_TOTAL,
         "Embedding requests, by provider and outcome."

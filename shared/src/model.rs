@@ -84,6 +84,10 @@ pub struct ChunkPayload {
     /// Caller-supplied metadata attached to every chunk (jobs may set it).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// `true` while the version is being written (see `store::STAGED_FIELD`); searches skip
+    /// staged points, and publishing the version sets it to `false`.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 /// A point ready for the vector store.

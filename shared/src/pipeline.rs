@@ -22,16 +22,23 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use self::lease::Lease;
 
 use crate::chunk::Chunker;
 use crate::embed::{EmbedError, Embedder, InputKind, SparseEncoder};
 use crate::extract::{self, ExtractError, ExtractSettings};
 use crate::ids;
-use crate::metadata::{BeginOutcome, BeginRequest, CommitOutcome, MetadataError, MetadataStore};
+use crate::metadata::{
+    BeginOutcome, BeginRequest, CommitOutcome, CommitRequest, Labels, MetadataError, MetadataStore,
+};
 use crate::metrics as m;
 use crate::model::{Chunk, ChunkPayload, ExtractedDoc, Point, SearchHit, Vectors};
 use crate::source::SourceError;
 use crate::store::{CollectionSpec, SearchQuery, StoreError, VectorStore};
+
+mod lease;
 
 /// Chunks embedded and upserted together (see `embed_and_upsert`): a few provider requests'
 /// worth, so windows add no round trips for ordinary documents.
@@ -44,9 +51,10 @@ pub struct DocumentJob {
     /// Stable identity; defaults to the source URI.
     pub doc_id: String,
     pub source: String,
+    /// Stored on every chunk; `None` keeps the document's.
     pub tenant: Option<String>,
-    /// Attached to every chunk's payload.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Attached to every chunk's payload; `None` keeps the document's.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Re-index even if unchanged.
     pub force: bool,
 }
@@ -58,7 +66,7 @@ impl DocumentJob {
             doc_id: uri.to_string(),
             source: uri.to_string(),
             tenant,
-            metadata: Default::default(),
+            metadata: None,
             force: false,
         }
     }
@@ -100,6 +108,28 @@ pub enum PipelineError {
     Timeout { doc_id: String, timeout: Duration },
     #[error("{doc_id}: internal error: {detail}")]
     Internal { doc_id: String, detail: String },
+    /// The process is shutting down and abandoned the run (its own version was removed).
+    #[error("{doc_id}: abandoned at shutdown")]
+    Abandoned { doc_id: String },
+}
+
+/// A dependency whose unavailability fails every document alike: while it is down the worker
+/// pauses instead of spending the jobs' retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dependency {
+    MetadataStore,
+    VectorStore,
+    EmbeddingProvider,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::MetadataStore => "metadata_store",
+            Dependency::VectorStore => "vector_store",
+            Dependency::EmbeddingProvider => "embedding_provider",
+        }
+    }
 }
 
 impl PipelineError {
@@ -113,8 +143,26 @@ impl PipelineError {
             PipelineError::Metadata(e) => e.is_retryable(),
             PipelineError::Busy { .. }
             | PipelineError::LeaseLost { .. }
-            | PipelineError::Timeout { .. } => true,
+            | PipelineError::Timeout { .. }
+            | PipelineError::Abandoned { .. } => true,
             PipelineError::Internal { .. } => false,
+        }
+    }
+
+    /// The dependency this failure suggests is down, if it is one that fails every document
+    /// alike. Only a suspicion: the worker probes the dependency before it pauses.
+    pub fn suspected_outage(&self) -> Option<Dependency> {
+        match self {
+            PipelineError::Metadata(e) => e.is_retryable().then_some(Dependency::MetadataStore),
+            PipelineError::Store(e) => e.is_retryable().then_some(Dependency::VectorStore),
+            PipelineError::Embed(e) => e.is_retryable().then_some(Dependency::EmbeddingProvider),
+            PipelineError::Source(_)
+            | PipelineError::Extract(_)
+            | PipelineError::Busy { .. }
+            | PipelineError::LeaseLost { .. }
+            | PipelineError::Timeout { .. }
+            | PipelineError::Internal { .. }
+            | PipelineError::Abandoned { .. } => None,
         }
     }
 
@@ -130,6 +178,7 @@ impl PipelineError {
             PipelineError::LeaseLost { .. } => "lease_lost",
             PipelineError::Timeout { .. } => "timeout",
             PipelineError::Internal { .. } => "internal",
+            PipelineError::Abandoned { .. } => "abandoned",
         }
     }
 }
@@ -158,7 +207,30 @@ pub struct Pipeline {
     fingerprint: String,
     /// Collections already ensured by this process, with their spec.
     ready: Mutex<HashMap<String, CollectionSpec>>,
+    /// Cancelled by [`Pipeline::abandon`]: every run stops, removes its own version and returns
+    /// [`PipelineError::Abandoned`].
+    abandon: CancellationToken,
+    /// Lets tests pause a run at a chosen step (see [`Step`]).
+    hook: Option<TestHook>,
 }
+
+/// Points in a run where a test can pause it deterministically — the moments a frozen process
+/// (SIGSTOP, a VM pause) is most dangerous.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Before the `window`-th window of staged points (from 0) is written; renewals keep running.
+    BeforeUpsert { window: usize },
+    /// All points written, lease checked, renewals stopped: right before the commit.
+    BeforeCommit,
+    /// Committed, right before the points are published.
+    BeforePublish,
+}
+
+/// Called at every [`Step`] of every run with the document id; the run waits for the future.
+#[doc(hidden)]
+pub type TestHook =
+    Arc<dyn Fn(Step, &str) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl Pipeline {
     pub fn new(
@@ -188,7 +260,28 @@ impl Pipeline {
             options,
             fingerprint,
             ready: Mutex::new(HashMap::new()),
+            abandon: CancellationToken::new(),
+            hook: None,
         }
+    }
+
+    /// Pause runs at chosen steps (tests only).
+    #[doc(hidden)]
+    pub fn with_test_hook(mut self, hook: TestHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    async fn step(&self, step: Step, doc_id: &str) {
+        if let Some(hook) = &self.hook {
+            hook(step, doc_id).await;
+        }
+    }
+
+    /// Stop every run in flight (shutdown past its deadline): each removes its own partly written
+    /// version, releases its lease and returns [`PipelineError::Abandoned`] within moments.
+    pub fn abandon(&self) {
+        self.abandon.cancel();
     }
 
     /// Identifies chunker + embedder settings; stored per document.
@@ -204,9 +297,8 @@ impl Pipeline {
         fetched: Result<Bytes, SourceError>,
     ) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
-        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        let _in_flight = m::InFlight::documents();
         let result = self.index_inner(job, fetched).await;
-        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
         metrics::histogram!(m::DOCUMENT_SECONDS).record(started.elapsed().as_secs_f64());
         match &result {
             Ok(Outcome::Indexed { chunks, tokens, .. }) => {
@@ -245,58 +337,222 @@ impl Pipeline {
                 .await
                 .map_err(|e| internal(job, e))?
         };
-        let (version, lease_token) = match self.claim(job, &hash).await? {
-            BeginOutcome::Unchanged { version } => return Ok(Outcome::Unchanged { version }),
+        let requested = Instant::now();
+        match self.claim(job, &hash).await? {
+            BeginOutcome::Unchanged { version } => Ok(Outcome::Unchanged { version }),
+            BeginOutcome::Busy { until } => Err(PipelineError::Busy {
+                doc_id: job.doc_id.clone(),
+                until,
+            }),
+            BeginOutcome::Refresh {
+                version,
+                lease_token,
+                labels,
+            } => {
+                let lease = self.lease(job, lease_token, requested);
+                let result = self
+                    .fenced(&lease, None, self.refresh(job, version, &lease, &labels))
+                    .await;
+                if let Err(e) = &result {
+                    self.record_failure(job, Some(lease_token), e).await;
+                }
+                result
+            }
             BeginOutcome::Claimed {
                 version,
                 lease_token,
-            } => (version, lease_token),
-            BeginOutcome::Busy { until } => {
-                return Err(PipelineError::Busy {
-                    doc_id: job.doc_id.clone(),
-                    until,
-                });
+                labels,
+            } => {
+                let lease = self.lease(job, lease_token, requested);
+                let version = Claim {
+                    version,
+                    hash: &hash,
+                    labels: &labels,
+                };
+                self.write_and_commit(job, bytes, &version, &lease).await
             }
-        };
+        }
+    }
+
+    fn lease<'a>(
+        &'a self,
+        job: &'a DocumentJob,
+        token: uuid::Uuid,
+        requested: Instant,
+    ) -> Lease<'a> {
+        Lease::new(
+            &*self.metadata,
+            &job.collection,
+            &job.doc_id,
+            token,
+            self.options.lease,
+            requested,
+        )
+    }
+
+    /// Runs `work` while renewing `lease`, under the document timeout: whichever ends first
+    /// decides. On a timeout or a lost lease `work` is dropped at its current await and `cancel`
+    /// (if any) stops its blocking parts (extraction, chunking) within moments.
+    async fn fenced<T>(
+        &self,
+        lease: &Lease<'_>,
+        cancel: Option<&CancellationToken>,
+        work: impl std::future::Future<Output = Result<T, PipelineError>>,
+    ) -> Result<T, PipelineError> {
         let timeout = self.options.document_timeout;
-        let work = tokio::time::timeout(
-            timeout,
-            self.write_version(job, bytes, &hash, version, lease_token),
-        );
+        let doc_id = || lease_doc(lease);
         let result = tokio::select! {
-            finished = work => finished.unwrap_or_else(|_| Err(PipelineError::Timeout {
-                doc_id: job.doc_id.clone(),
-                timeout,
-            })),
-            lost = self.keep_lease(job, lease_token) => Err(lost),
+            finished = tokio::time::timeout(timeout, work) => {
+                finished.unwrap_or_else(|_| Err(PipelineError::Timeout { doc_id: doc_id(), timeout }))
+            }
+            () = lease.keep() => Err(PipelineError::LeaseLost { doc_id: doc_id() }),
+            () = self.abandon.cancelled() => Err(PipelineError::Abandoned { doc_id: doc_id() }),
         };
-        if let Err(e) = &result {
-            self.record_failure(job, Some(lease_token), e).await;
+        if let Some(cancel) = cancel {
+            cancel.cancel();
         }
         result
     }
 
-    /// Renews the lease every third of its length; returns only once it is lost.
-    async fn keep_lease(&self, job: &DocumentJob, lease_token: uuid::Uuid) -> PipelineError {
-        let lease = self.options.lease;
-        loop {
-            tokio::time::sleep(lease / 3).await;
-            match self
-                .metadata
-                .renew(&job.collection, &job.doc_id, lease_token, lease)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    return PipelineError::LeaseLost {
-                        doc_id: job.doc_id.clone(),
-                    };
+    /// Writes a claimed version as staged points, commits it, then publishes it. Every exit
+    /// before the commit removes the version's own points again (best effort: a leftover is
+    /// staged, so no searcher sees it, and the next run of the document or `sluice verify`
+    /// removes it); nothing ever touches another version except the publication of a committed
+    /// one, which deletes only older versions.
+    async fn write_and_commit(
+        &self,
+        job: &DocumentJob,
+        bytes: Bytes,
+        claim: &Claim<'_>,
+        lease: &Lease<'_>,
+    ) -> Result<Outcome, PipelineError> {
+        let cancel = CancellationToken::new();
+        let written = self
+            .fenced(
+                lease,
+                Some(&cancel),
+                self.write_staged(job, bytes, claim, lease, &cancel),
+            )
+            .await
+            .and_then(|written| match written {
+                Written { chunks: 0, .. } => Err(ExtractError::NoText {
+                    name: job.source.clone(),
                 }
-                // A blip in the database: keep working; if it lasts past the lease, the next
-                // renewal or the commit finds the lease gone.
-                Err(e) => {
-                    tracing::warn!(error = %e, doc_id = %job.doc_id, "could not renew document lease")
-                }
+                .into()),
+                written if lease.held() => Ok(written),
+                _ => Err(PipelineError::LeaseLost {
+                    doc_id: job.doc_id.clone(),
+                }),
+            });
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                self.remove_own_version(job, claim.version).await;
+                self.record_failure(job, Some(lease.token()), &e).await;
+                return Err(e);
+            }
+        };
+
+        self.step(Step::BeforeCommit, &job.doc_id).await;
+        let t = Instant::now();
+        let committed = self
+            .metadata
+            .commit(&CommitRequest {
+                collection: &job.collection,
+                doc_id: &job.doc_id,
+                lease_token: lease.token(),
+                version: claim.version,
+                content_hash: claim.hash,
+                fingerprint: &self.fingerprint,
+                chunk_count: written.chunks as i64,
+                tokens: written.tokens as i64,
+                labels: claim.labels,
+            })
+            .await;
+        stage_done("commit", t);
+        match committed {
+            Ok(CommitOutcome::Committed) => {}
+            Ok(CommitOutcome::LeaseLost) => {
+                self.remove_own_version(job, claim.version).await;
+                return Err(PipelineError::LeaseLost {
+                    doc_id: job.doc_id.clone(),
+                });
+            }
+            // Whether the commit landed is unknown: the staged points must stay. If it did, the
+            // next run publishes them (`Refresh`); if not, the next run's version replaces them.
+            Err(e) => return Err(e.into()),
+        }
+        self.step(Step::BeforePublish, &job.doc_id).await;
+        self.publish(job, claim.version).await?;
+        Ok(Outcome::Indexed {
+            version: claim.version,
+            chunks: written.chunks,
+            tokens: written.tokens,
+        })
+    }
+
+    /// Makes a committed version visible and drops the older ones, then records it. Needs no
+    /// lease: publishing a committed version is monotone (see `VectorStore::publish_version`).
+    async fn publish(&self, job: &DocumentJob, version: i64) -> Result<(), PipelineError> {
+        let t = Instant::now();
+        self.store
+            .publish_version(&job.collection, &job.doc_id, version)
+            .await?;
+        stage_done("publish", t);
+        self.metadata
+            .mark_published(&job.collection, &job.doc_id, version)
+            .await?;
+        Ok(())
+    }
+
+    /// Content unchanged: give the committed version's points the job's labels and finish its
+    /// publication, without re-embedding anything.
+    async fn refresh(
+        &self,
+        job: &DocumentJob,
+        version: i64,
+        lease: &Lease<'_>,
+        labels: &Labels,
+    ) -> Result<Outcome, PipelineError> {
+        let lost = || PipelineError::LeaseLost {
+            doc_id: job.doc_id.clone(),
+        };
+        if !lease.held() {
+            return Err(lost());
+        }
+        self.store
+            .set_labels(
+                &job.collection,
+                &job.doc_id,
+                version,
+                labels.tenant.as_deref(),
+                &labels.metadata,
+            )
+            .await?;
+        self.store
+            .publish_version(&job.collection, &job.doc_id, version)
+            .await?;
+        if !self
+            .metadata
+            .release(&job.collection, &job.doc_id, lease.token(), labels)
+            .await?
+        {
+            return Err(lost());
+        }
+        tracing::debug!(doc_id = %job.doc_id, version, "relabelled and published an unchanged document");
+        Ok(Outcome::Unchanged { version })
+    }
+
+    /// Best-effort removal of this run's own, never committed, version.
+    async fn remove_own_version(&self, job: &DocumentJob, version: i64) {
+        match self
+            .store
+            .delete_version(&job.collection, &job.doc_id, version)
+            .await
+        {
+            Ok(()) | Err(StoreError::MissingCollection(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, doc_id = %job.doc_id, version, "could not remove a partly written version; it stays staged (invisible) until the next run or `sluice verify --repair`")
             }
         }
     }
@@ -308,6 +564,7 @@ impl Pipeline {
             doc_id: job.doc_id.clone(),
             source: job.source.clone(),
             tenant: job.tenant.clone(),
+            metadata: job.metadata.clone(),
             content_hash: hash.to_string(),
             fingerprint: self.fingerprint.clone(),
             force: job.force,
@@ -333,84 +590,30 @@ impl Pipeline {
         }
     }
 
-    async fn write_version(
+    /// Extract → chunk → embed → upsert, every window written staged and only while the lease
+    /// is held.
+    async fn write_staged(
         &self,
         job: &DocumentJob,
         bytes: Bytes,
-        hash: &str,
-        version: i64,
-        lease_token: uuid::Uuid,
-    ) -> Result<Outcome, PipelineError> {
+        claim: &Claim<'_>,
+        lease: &Lease<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Written, PipelineError> {
         let t = Instant::now();
         let doc = extract::extract(&job.source, bytes, &self.extract).await?;
         stage_done("extract", t);
 
         // Plain text has no title of its own; the file name is what a reader would call it.
         let title = doc.title.clone().or_else(|| file_name(&job.source));
-        let (windows, chunking) = self.chunk_in_windows(doc);
-        let written = match self
-            .embed_and_upsert(job, title.as_deref(), windows, hash, version)
-            .await
-        {
-            // A chunker that panicked ended its windows early: the version is incomplete.
-            Ok(written) => chunking
-                .await
-                .map(|()| written)
-                .map_err(|join| internal(job, join)),
-            Err(e) => Err(e),
-        };
-        let (chunk_count, tokens) = match written {
-            Ok(Written { chunks: 0, .. }) => {
-                return Err(ExtractError::NoText {
-                    name: job.source.clone(),
-                }
-                .into());
-            }
-            Ok(Written { chunks, tokens }) => (chunks, tokens),
-            Err(e) => {
-                // Points of this version already written would stand beside the previous
-                // version's until the next successful run. Best effort: after a crash that run
-                // deletes them, as it deletes every version but its own.
-                if let Err(cleanup) = self
-                    .store
-                    .delete_version(&job.collection, &job.doc_id, version)
-                    .await
-                {
-                    tracing::warn!(error = %cleanup, doc_id = %job.doc_id, version, "could not remove a partly written version");
-                }
-                return Err(e);
-            }
-        };
-        let t = Instant::now();
-        self.store
-            .delete_other_versions(&job.collection, &job.doc_id, version)
+        let (windows, chunking) = self.chunk_in_windows(doc, cancel.clone());
+        let written = self
+            .embed_and_upsert(job, title.as_deref(), windows, claim, lease)
             .await?;
-        stage_done("store", t);
-
-        let t = Instant::now();
-        let committed = self
-            .metadata
-            .commit(
-                &job.collection,
-                &job.doc_id,
-                lease_token,
-                version,
-                hash,
-                &self.fingerprint,
-                chunk_count as i64,
-                tokens as i64,
-            )
-            .await?;
-        stage_done("commit", t);
-        match committed {
-            CommitOutcome::Committed => Ok(Outcome::Indexed {
-                version,
-                chunks: chunk_count,
-                tokens,
-            }),
-            CommitOutcome::LeaseLost => Err(PipelineError::LeaseLost {
-                doc_id: job.doc_id.clone(),
-            }),
+        // A chunker that panicked or stopped ended its windows early: the version is incomplete.
+        match chunking.await.map_err(|join| internal(job, join))? {
+            ChunkingEnd::Complete => Ok(written),
+            ChunkingEnd::Stopped => Err(internal(job, "chunking stopped before the end")),
         }
     }
 
@@ -420,9 +623,10 @@ impl Pipeline {
     fn chunk_in_windows(
         &self,
         doc: ExtractedDoc,
+        cancel: CancellationToken,
     ) -> (
         tokio::sync::mpsc::Receiver<Vec<Chunk>>,
-        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<ChunkingEnd>,
     ) {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         let chunker = self.chunker.clone();
@@ -431,21 +635,26 @@ impl Pipeline {
             let mut resumed = Instant::now();
             let mut window = Vec::with_capacity(EMBED_WINDOW);
             for chunk in chunker.chunks(&doc) {
+                // A timed-out or fenced-off run stops here, not after the whole document.
+                if cancel.is_cancelled() {
+                    return ChunkingEnd::Stopped;
+                }
                 window.push(chunk);
                 if window.len() == EMBED_WINDOW {
                     busy += resumed.elapsed();
                     let full = std::mem::replace(&mut window, Vec::with_capacity(EMBED_WINDOW));
                     if sender.blocking_send(full).is_err() {
-                        return; // the embedding side failed and went away
+                        return ChunkingEnd::Stopped; // the embedding side failed and went away
                     }
                     resumed = Instant::now();
                 }
             }
             busy += resumed.elapsed();
             metrics::histogram!(m::STAGE_SECONDS, "stage" => "chunk").record(busy.as_secs_f64());
-            if !window.is_empty() {
-                let _ = sender.blocking_send(window);
+            if !window.is_empty() && sender.blocking_send(window).is_err() {
+                return ChunkingEnd::Stopped;
             }
+            ChunkingEnd::Complete
         });
         (receiver, chunking)
     }
@@ -458,8 +667,8 @@ impl Pipeline {
         job: &DocumentJob,
         title: Option<&str>,
         windows: tokio::sync::mpsc::Receiver<Vec<Chunk>>,
-        hash: &str,
-        version: i64,
+        claim: &Claim<'_>,
+        lease: &Lease<'_>,
     ) -> Result<Written, PipelineError> {
         let windows = futures::stream::unfold(windows, |mut windows| async move {
             windows.recv().await.map(|window| (window, windows))
@@ -476,8 +685,17 @@ impl Pipeline {
         );
         let mut written = Written::default();
         let mut collection_ready = false;
+        let mut windows_written = 0;
         while let Some(next) = embedded.next().await {
             let (window, vectors) = next?;
+            self.step(
+                Step::BeforeUpsert {
+                    window: windows_written,
+                },
+                &job.doc_id,
+            )
+            .await;
+            windows_written += 1;
             let t = Instant::now();
             if !collection_ready {
                 let dense_dim = vectors
@@ -489,7 +707,13 @@ impl Pipeline {
             }
             written.chunks += window.len() as u64;
             written.tokens += window.iter().map(|c| u64::from(c.tokens)).sum::<u64>();
-            let points = build_points(job, title, window, vectors, hash, version);
+            let points = build_points(job, title, window, vectors, claim);
+            // The fence: a run that can no longer vouch for its lease writes nothing more.
+            if !lease.held() {
+                return Err(PipelineError::LeaseLost {
+                    doc_id: job.doc_id.clone(),
+                });
+            }
             self.store.upsert(&job.collection, points).await?;
             stage_done("store", t);
         }
@@ -575,13 +799,22 @@ impl Pipeline {
         }
     }
 
-    /// Remove a document's points and mark it deleted.
+    /// Mark a document deleted, then remove its points. The ledger goes first: it fences off a
+    /// run still writing the document (its renewals and commit fail, and it removes its own
+    /// version), and names the highest version handed out, so the deletion never reaches the
+    /// points of a run that starts after it.
     pub async fn delete(&self, collection: &str, doc_id: &str) -> Result<(), PipelineError> {
-        match self.store.delete_document(collection, doc_id).await {
+        // Unknown to the ledger: no run can be writing it (a run records the document before it
+        // writes), so every point of it is stale.
+        let up_to = self
+            .metadata
+            .mark_deleted(collection, doc_id)
+            .await?
+            .unwrap_or(i64::MAX);
+        match self.store.delete_document(collection, doc_id, up_to).await {
             Ok(()) | Err(StoreError::MissingCollection(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        self.metadata.mark_deleted(collection, doc_id).await?;
         metrics::counter!(m::DOCUMENTS_TOTAL, "outcome" => "deleted").increment(1);
         Ok(())
     }
@@ -625,6 +858,25 @@ fn internal(job: &DocumentJob, e: impl std::fmt::Display) -> PipelineError {
     }
 }
 
+/// The version a run claimed, and what its points carry.
+struct Claim<'a> {
+    version: i64,
+    hash: &'a str,
+    labels: &'a Labels,
+}
+
+/// How the chunking thread ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkingEnd {
+    Complete,
+    /// Cancelled, or the embedding side went away: the windows sent are not the whole document.
+    Stopped,
+}
+
+fn lease_doc(lease: &Lease<'_>) -> String {
+    lease.doc_id().to_string()
+}
+
 /// What [`Pipeline::embed_and_upsert`] wrote.
 #[derive(Debug, Default)]
 struct Written {
@@ -637,15 +889,14 @@ fn build_points(
     title: Option<&str>,
     chunks: Vec<Chunk>,
     vectors: Vec<Vectors>,
-    hash: &str,
-    version: i64,
+    claim: &Claim<'_>,
 ) -> Vec<Point> {
     let ingested_at = Utc::now().to_rfc3339();
     chunks
         .into_iter()
         .zip(vectors)
         .map(|(chunk, vectors)| Point {
-            id: ids::point_id(&job.collection, &job.doc_id, version, chunk.index),
+            id: ids::point_id(&job.collection, &job.doc_id, claim.version, chunk.index),
             vectors,
             payload: ChunkPayload {
                 doc_id: job.doc_id.clone(),
@@ -656,11 +907,12 @@ fn build_points(
                 char_start: chunk.char_range.start as u64,
                 char_end: chunk.char_range.end as u64,
                 text: chunk.text,
-                content_hash: hash.to_string(),
-                version,
-                tenant: job.tenant.clone(),
+                content_hash: claim.hash.to_string(),
+                version: claim.version,
+                tenant: claim.labels.tenant.clone(),
                 ingested_at: ingested_at.clone(),
-                metadata: job.metadata.clone(),
+                metadata: claim.labels.metadata.clone(),
+                staged: true,
             },
         })
         .collect()

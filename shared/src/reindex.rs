@@ -42,15 +42,16 @@ pub fn filter_of(job: &ReindexJob) -> DocumentFilter {
     }
 }
 
-/// The index job that re-indexes `doc` where it is: same source, doc_id, tenant and collection.
-/// Fails only for a row that no valid job can express (e.g. a source URI the job contract does
-/// not accept).
+/// The index job that re-indexes `doc` where it is: same source, doc_id, tenant, metadata and
+/// collection. Fails only for a row that no valid job can express (e.g. a source URI the job
+/// contract does not accept).
 pub fn index_job(doc: &DocumentRecord, force: bool) -> Result<Job, JobError> {
     Job::new(JobSpec::Index(IndexJob {
         source: doc.source.clone(),
         doc_id: Some(doc.doc_id.clone()),
         tenant: doc.tenant.clone(),
         collection: Some(doc.collection.clone()),
+        metadata: doc.metadata.clone(),
         force,
         ..Default::default()
     }))

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{COLLECTION, MetaHarness, claimed, commit, index, req};
-use sluice_shared::metadata::{BeginOutcome, BeginRequest, CommitOutcome, DocStatus};
+use sluice_shared::metadata::{
+    BeginOutcome, BeginRequest, CommitOutcome, CommitRequest, DocStatus, Labels,
+};
 
 async fn first_begin_claims_v1_and_a_second_is_busy(h: MetaHarness) {
     let store = &*h.store;
@@ -61,11 +63,29 @@ async fn commit_records_the_version_and_unchanged_content_is_skipped(h: MetaHarn
     let store = &*h.store;
     let r = req("a", "h1");
     let (version, token) = claimed(store.begin(&r).await.unwrap());
+    let labels = Labels {
+        tenant: Some("acme".to_string()),
+        metadata: Default::default(),
+    };
     let committed = store
-        .commit(COLLECTION, "a", token, version, "h1", "fp-1", 7, 321)
+        .commit(&CommitRequest {
+            collection: COLLECTION,
+            doc_id: "a",
+            lease_token: token,
+            version,
+            content_hash: "h1",
+            fingerprint: "fp-1",
+            chunk_count: 7,
+            tokens: 321,
+            labels: &labels,
+        })
         .await
         .unwrap();
     assert_eq!(committed, CommitOutcome::Committed);
+    store
+        .mark_published(COLLECTION, "a", version)
+        .await
+        .unwrap();
 
     let rec = store.get(COLLECTION, "a").await.unwrap().unwrap();
     assert_eq!(rec.status, DocStatus::Indexed);

@@ -64,6 +64,7 @@ async fn crashed_run_then_recovery(metadata: Arc<dyn MetadataStore>) {
             doc_id: job.doc_id.clone(),
             source: job.source.clone(),
             tenant: None,
+            metadata: None,
             content_hash: "changed".into(),
             fingerprint: p.fingerprint().into(),
             force: false,
@@ -96,6 +97,7 @@ async fn crashed_run_then_recovery(metadata: Arc<dyn MetadataStore>) {
             tenant: None,
             ingested_at: chrono::Utc::now().to_rfc3339(),
             metadata: Default::default(),
+            staged: true,
         },
     };
     store

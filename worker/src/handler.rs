@@ -6,14 +6,17 @@
 //!   already recorded on the document);
 //! - a transient one (provider 429/5xx, Qdrant or database unavailable) → delayed retry with the
 //!   attempt count, dead-lettered once `SLUICE_MAX_ATTEMPTS` retries are spent;
-//! - another run holds the document → delayed retry that does not spend an attempt.
+//! - another run holds the document → delayed retry that does not spend an attempt;
+//! - a transient failure that a down dependency (PostgreSQL, Qdrant, the provider) explains →
+//!   the service probes it and, if it is down, hands the job back and pauses (see `outage.rs`);
+//! - abandoned at shutdown → handed back.
 
 use std::sync::Arc;
 
 use sluice_shared::job::{DeleteTarget, IndexJob, Job, JobSpec, ReindexJob};
 use sluice_shared::memory::DocumentBudget;
 use sluice_shared::metadata::DocumentCursor;
-use sluice_shared::pipeline::{Pipeline, PipelineError};
+use sluice_shared::pipeline::{Dependency, Pipeline, PipelineError};
 use sluice_shared::queue::Publisher;
 use sluice_shared::reindex;
 use sluice_shared::source::Source;
@@ -22,8 +25,25 @@ use sluice_shared::source::Source;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Ack,
-    Retry { attempt: u32, reason: String },
-    DeadLetter { reason: String, kind: &'static str },
+    Retry {
+        attempt: u32,
+        reason: String,
+    },
+    DeadLetter {
+        reason: String,
+        kind: &'static str,
+    },
+    /// Back to the queue without spending an attempt: the run was abandoned at shutdown, or a
+    /// dependency every job needs is down (the job is not at fault).
+    HandBack {
+        reason: String,
+    },
+    /// A transient failure that `dependency` being down would explain. The service probes it:
+    /// down → [`Decision::HandBack`] and pause intake; up → `otherwise` (the job's own retry).
+    Suspect {
+        dependency: Dependency,
+        otherwise: Box<Decision>,
+    },
 }
 
 /// What a handler needs besides the job.
@@ -165,7 +185,19 @@ fn on_error(ctx: &Context, attempt: u32, result: Result<(), PipelineError>) -> D
             attempt,
             reason: e.to_string(),
         },
-        Err(e) if e.is_retryable() => retry_or_give_up(ctx, attempt, e.to_string(), e.kind()),
+        Err(e @ PipelineError::Abandoned { .. }) => Decision::HandBack {
+            reason: e.to_string(),
+        },
+        Err(e) if e.is_retryable() => {
+            let otherwise = retry_or_give_up(ctx, attempt, e.to_string(), e.kind());
+            match e.suspected_outage() {
+                Some(dependency) => Decision::Suspect {
+                    dependency,
+                    otherwise: Box::new(otherwise),
+                },
+                None => otherwise,
+            }
+        }
         Err(e) => Decision::DeadLetter {
             reason: e.to_string(),
             kind: e.kind(),
@@ -173,7 +205,12 @@ fn on_error(ctx: &Context, attempt: u32, result: Result<(), PipelineError>) -> D
     }
 }
 
-fn retry_or_give_up(ctx: &Context, attempt: u32, reason: String, kind: &'static str) -> Decision {
+pub fn retry_or_give_up(
+    ctx: &Context,
+    attempt: u32,
+    reason: String,
+    kind: &'static str,
+) -> Decision {
     if attempt < ctx.max_attempts {
         Decision::Retry {
             attempt: attempt + 1,

@@ -3,6 +3,7 @@
 //! logging, run [`service::run`] until SIGTERM/SIGINT.
 
 mod handler;
+mod outage;
 mod service;
 
 use std::path::PathBuf;
@@ -45,11 +46,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         service::run(settings, shutdown).await
-    })
+    });
+    // Blocking work of abandoned documents must not hold the exit: dropping the runtime would
+    // wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

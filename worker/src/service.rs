@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use futures::FutureExt;
 use sluice_shared::config::Settings;
 use sluice_shared::memory::DocumentBudget;
+use sluice_shared::metrics::{InFlight, JOB_AGE_SECONDS, JOBS_IN_FLIGHT, JOBS_TOTAL};
 use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
 use sluice_shared::queue::{self, Consumer, Delivery, Publisher};
 use sluice_shared::store::{StoreError, VectorStore};
@@ -26,23 +28,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{self, Context, Decision};
+use crate::outage::{OutageCheck, Outages};
 
-const JOBS_TOTAL: &str = "sluice_jobs_total";
-const JOB_AGE_SECONDS: &str = "sluice_job_publish_to_ack_seconds";
-const JOBS_IN_FLIGHT: &str = "sluice_jobs_in_flight";
+/// After the shutdown deadline, runs are told to stop (they remove their own partly written
+/// version and release their lease); jobs still running this much later are dropped as they are.
+const ABANDON_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let prometheus = sluice_shared::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
-    metrics::describe_counter!(
-        JOBS_TOTAL,
-        "Jobs settled, by kind and outcome (acked, retried, dead_lettered, handed_back)."
-    );
-    metrics::describe_histogram!(
-        JOB_AGE_SECONDS,
-        metrics::Unit::Seconds,
-        "Time from publish to ack."
-    );
-    metrics::describe_gauge!(JOBS_IN_FLIGHT, "Jobs this worker is processing.");
     let fleet = settings.fleet.clone();
     let pipeline = Arc::new(wiring::build_pipeline(&settings, false).await?);
     let connection = Arc::new(queue::connect(&fleet.queue).await?);
@@ -58,7 +51,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .with_context(|| format!("binding SLUICE_HTTP_LISTEN {}", fleet.http_listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    let outages = Outages::new(pipeline.clone(), settings.collection.clone());
     let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+        Arc::new(OutageCheck(outages.clone())),
         Arc::new(BrokerCheck(connection.clone())),
         Arc::new(MetadataCheck(pipeline.metadata.clone())),
         Arc::new(StoreCheck(
@@ -90,6 +85,31 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let abandon = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let outcome = loop {
+        if outages.paused().is_some() {
+            // Stop intake while a dependency is down: prefetched jobs go back to the queue (they
+            // would otherwise sit unacked toward the broker's consumer timeout) and a new consumer
+            // starts once the dependency answers.
+            if let Err(e) = consumer.cancel().await {
+                tracing::warn!(error = %e, "could not cancel the consumer");
+            }
+            hand_back_prefetched(&mut consumer).await;
+            let _ = consumer.close().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                () = outages.resumed() => {}
+            }
+            consumer = match Consumer::start_with_publisher(
+                &connection,
+                &fleet.queue,
+                &tag,
+                publisher.clone(),
+            )
+            .await
+            {
+                Ok(consumer) => consumer,
+                Err(e) => break Err(anyhow::Error::new(e).context("restarting the consumer")),
+            };
+        }
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
@@ -98,12 +118,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             _ = shutdown.cancelled() => break Ok(()),
             delivery = consumer.next() => delivery,
         };
-        while tasks.try_join_next().is_some() {}
+        reap(&mut tasks);
         match delivery {
+            Some(Ok(delivery)) if outages.paused().is_some() => settle_hand_back(delivery).await,
             Some(Ok(delivery)) => {
-                let (ctx, abandon) = (ctx.clone(), abandon.clone());
+                let (ctx, abandon, outages) = (ctx.clone(), abandon.clone(), outages.clone());
                 tasks.spawn(async move {
-                    process(&ctx, delivery, &abandon).await;
+                    process(&ctx, &outages, delivery, &abandon).await;
                     drop(permit);
                 });
             }
@@ -125,13 +146,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if let Err(e) = consumer.cancel().await {
         tracing::warn!(error = %e, "could not cancel the consumer");
     }
-    let mut handed_back = 0;
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
-    {
-        settle_hand_back(delivery).await;
-        handed_back += 1;
-    }
+    let handed_back = hand_back_prefetched(&mut consumer).await;
     tracing::info!(
         in_flight = tasks.len(),
         handed_back,
@@ -146,6 +161,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             remaining = tasks.len(),
             "shutdown deadline reached; handing back unfinished jobs"
         );
+        ctx.pipeline.abandon();
         abandon.cancel();
         while tasks.join_next().await.is_some() {}
     }
@@ -157,17 +173,80 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     outcome
 }
 
-/// Runs one job and settles its delivery.
-async fn process(ctx: &Context, delivery: Delivery, abandon: &CancellationToken) {
-    metrics::gauge!(JOBS_IN_FLIGHT).increment(1.0);
-    let outcome = tokio::select! {
-        outcome = handler::handle(ctx, delivery.body(), delivery.attempt()) => Some(outcome),
-        _ = abandon.cancelled() => None,
-    };
-    metrics::gauge!(JOBS_IN_FLIGHT).decrement(1.0);
-    let Some((job, decision)) = outcome else {
+/// Collects finished job tasks; a task that panicked outside the job's own code is logged (its
+/// delivery, unsettled, returns to the queue when the channel closes).
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(done) = tasks.try_join_next() {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "job task failed");
+        }
+    }
+}
+
+/// Hands back every delivery already prefetched by a cancelled consumer; returns how many.
+async fn hand_back_prefetched(consumer: &mut Consumer) -> usize {
+    let mut handed_back = 0;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+    {
         settle_hand_back(delivery).await;
-        return;
+        handed_back += 1;
+    }
+    handed_back
+}
+
+/// Runs one job and settles its delivery. A panic in the job is caught and settled like a
+/// failure (retried, then dead-lettered), never left unsettled.
+async fn process(
+    ctx: &Context,
+    outages: &Arc<Outages>,
+    delivery: Delivery,
+    abandon: &CancellationToken,
+) {
+    let in_flight = InFlight::enter(JOBS_IN_FLIGHT);
+    let handled =
+        std::panic::AssertUnwindSafe(handler::handle(ctx, delivery.body(), delivery.attempt()))
+            .catch_unwind();
+    let outcome = tokio::select! {
+        outcome = handled => Some(outcome),
+        // Runs notice the pipeline's abandon at once and clean up; this is the backstop.
+        () = async { abandon.cancelled().await; tokio::time::sleep(ABANDON_GRACE).await } => None,
+    };
+    drop(in_flight);
+    let (job, decision) = match outcome {
+        None => {
+            settle_hand_back(delivery).await;
+            return;
+        }
+        Some(Ok(handled)) => handled,
+        Some(Err(panic)) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            tracing::error!(panic = %detail, "job panicked");
+            let reason = format!("internal error: job panicked: {detail}");
+            (
+                None,
+                handler::retry_or_give_up(ctx, delivery.attempt(), reason, "panic"),
+            )
+        }
+    };
+    let decision = match decision {
+        Decision::Suspect {
+            dependency,
+            otherwise,
+        } => {
+            if outages.is_down(dependency).await {
+                Decision::HandBack {
+                    reason: format!("{} unreachable", dependency.as_str()),
+                }
+            } else {
+                *otherwise
+            }
+        }
+        other => other,
     };
     let kind = job.as_ref().map_or("malformed", |j| j.spec.kind());
     let published = job
@@ -191,6 +270,11 @@ async fn process(ctx: &Context, delivery: Delivery, abandon: &CancellationToken)
                 delivery.dead_letter(reason, error_kind).await,
             )
         }
+        Decision::HandBack { reason } => {
+            tracing::info!(kind, %reason, "job handed back");
+            ("handed_back", delivery.hand_back().await)
+        }
+        Decision::Suspect { .. } => unreachable!("resolved above"),
     };
     match settled {
         Ok(()) => {

@@ -317,8 +317,19 @@ fn condition(c: grpc::Condition) -> Result<Condition, Status> {
 }
 
 fn field_condition(f: grpc::FieldCondition) -> Result<Condition, Status> {
-    let other = f.range.is_some()
-        || f.geo_bounding_box.is_some()
+    if let Some(r) = f.range {
+        let bound = |b: Option<f64>| b.map(OrderedFloat);
+        return Ok(Condition::Field(FieldCondition::new_range(
+            json_path(&f.key)?,
+            qdrant_edge::Range {
+                lt: bound(r.lt),
+                gt: bound(r.gt),
+                gte: bound(r.gte),
+                lte: bound(r.lte),
+            },
+        )));
+    }
+    let other = f.geo_bounding_box.is_some()
         || f.geo_radius.is_some()
         || f.values_count.is_some()
         || f.geo_polygon.is_some()
@@ -326,7 +337,7 @@ fn field_condition(f: grpc::FieldCondition) -> Result<Condition, Status> {
         || f.is_empty.is_some()
         || f.is_null.is_some();
     if other {
-        return Err(unimplemented("field conditions other than match"));
+        return Err(unimplemented("field conditions other than match and range"));
     }
     let m = match f.r#match.and_then(|m| m.match_value) {
         Some(MatchValue::Keyword(s)) => Match::new_value(ValueVariants::String(s)),

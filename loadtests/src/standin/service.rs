@@ -14,6 +14,7 @@ use qdrant_edge::{
 };
 use sluice_shared::store::StoreError;
 use sluice_shared::store::edge::{EdgeCollection, EdgeShards, run_blocking};
+use sluice_shared::store::qdrant::value_to_json;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, DEFAULT_LIMIT, unimplemented};
@@ -268,6 +269,49 @@ impl Points for Standin {
             .await
     }
 
+    async fn set_payload(
+        &self,
+        request: Request<grpc::SetPayloadPoints>,
+    ) -> Result<Response<grpc::PointsOperationResponse>, Status> {
+        use grpc::points_selector::PointsSelectorOneOf as S;
+        let request = request.into_inner();
+        if request.key.is_some() {
+            return Err(unimplemented("set_payload with a key path"));
+        }
+        let (points, filter) = match request
+            .points_selector
+            .and_then(|p| p.points_selector_one_of)
+        {
+            Some(S::Points(ids)) => (
+                Some(
+                    ids.ids
+                        .into_iter()
+                        .map(|id| convert::point_id(Some(id)))
+                        .collect::<Result<_, _>>()?,
+                ),
+                None,
+            ),
+            Some(S::Filter(f)) => (None, convert::filter(Some(f))?),
+            None => return Err(Status::invalid_argument("points selector is required")),
+        };
+        let payload = qdrant_edge::Payload(
+            request
+                .payload
+                .into_iter()
+                .map(|(k, v)| (k, value_to_json(v)))
+                .collect(),
+        );
+        let op = UpdateOperation::PayloadOperation(qdrant_edge::PayloadOps::SetPayload(
+            qdrant_edge::SetPayloadOp {
+                payload,
+                points,
+                filter,
+                key: None,
+            },
+        ));
+        self.write(request.collection_name, op).await
+    }
+
     async fn create_field_index(
         &self,
         request: Request<grpc::CreateFieldIndexCollection>,
@@ -376,7 +420,6 @@ impl Points for Standin {
         get: grpc::GetPoints => grpc::GetResponse;
         update_vectors: grpc::UpdatePointVectors => grpc::PointsOperationResponse;
         delete_vectors: grpc::DeletePointVectors => grpc::PointsOperationResponse;
-        set_payload: grpc::SetPayloadPoints => grpc::PointsOperationResponse;
         overwrite_payload: grpc::SetPayloadPoints => grpc::PointsOperationResponse;
         delete_payload: grpc::DeletePayloadPoints => grpc::PointsOperationResponse;
         clear_payload: grpc::ClearPayloadPoints => grpc::PointsOperationResponse;

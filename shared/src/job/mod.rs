@@ -202,7 +202,9 @@ impl IndexJob {
                 .tenant
                 .clone()
                 .or_else(|| default_tenant.map(str::to_string)),
-            metadata: self.metadata.clone(),
+            // A job without metadata keeps what the document has (a watcher's or a re-index's
+            // job must not wipe what an API job set).
+            metadata: (!self.metadata.is_empty()).then(|| self.metadata.clone()),
             force: self.force,
         }
     }

@@ -65,7 +65,7 @@ fn explicit_fields_override_the_worker_defaults() {
     assert_eq!(doc.collection, "hr_docs");
     assert_eq!(doc.doc_id, "handbook/a");
     assert_eq!(doc.tenant.as_deref(), Some("t1"));
-    assert_eq!(doc.metadata["team"], "hr");
+    assert_eq!(doc.metadata.as_ref().expect("metadata")["team"], "hr");
     assert!(doc.force);
     assert_eq!(index.priority, Some(7));
 }

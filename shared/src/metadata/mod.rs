@@ -13,7 +13,8 @@ macro_rules! select_records {
         concat!(
             "SELECT collection, doc_id, source, tenant, content_hash, fingerprint, \
              current_version, next_version, status, chunk_count, tokens, attempts, last_error, \
-             lease_token, lease_until, created_at, updated_at, indexed_at FROM documents ",
+             lease_token, lease_until, created_at, updated_at, indexed_at, published_version, \
+             metadata FROM documents ",
             $rest
         )
     };
@@ -91,6 +92,11 @@ pub struct DocumentRecord {
     pub fingerprint: Option<String>,
     /// The version whose chunks are in the vector store (0 = none yet).
     pub current_version: i64,
+    /// The highest version ever handed out; a live lease is writing this one.
+    pub next_version: i64,
+    /// The version whose points were made visible to searchers; behind `current_version` only
+    /// after a crash between the commit and the publication (the next run catches up).
+    pub published_version: i64,
     pub status: DocStatus,
     pub chunk_count: i64,
     pub tokens: i64,
@@ -99,6 +105,24 @@ pub struct DocumentRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub indexed_at: Option<DateTime<Utc>>,
+    /// End of the current lease, if a run holds one (it may have run out).
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The job metadata the document's points carry.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DocumentRecord {
+    /// Whether a run holds a lease on the document at `now`.
+    pub fn leased_at(&self, now: DateTime<Utc>) -> bool {
+        self.lease_until.is_some_and(|until| until > now)
+    }
+}
+
+/// What a document's points carry besides their content: its tenant and the job's metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Labels {
+    pub tenant: Option<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Identifies a document and what we are about to index for it.
@@ -107,7 +131,10 @@ pub struct BeginRequest {
     pub collection: String,
     pub doc_id: String,
     pub source: String,
+    /// The tenant the job names; `None` keeps the document's.
     pub tenant: Option<String>,
+    /// The metadata the job carries; `None` keeps the document's.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub content_hash: String,
     pub fingerprint: String,
     /// Re-index even when hash and fingerprint match.
@@ -119,15 +146,39 @@ pub struct BeginRequest {
 /// The answer to [`MetadataStore::begin`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum BeginOutcome {
-    /// Already indexed with this content and pipeline: nothing to do.
+    /// Already indexed and published with this content, pipeline and labels: nothing to do.
     Unchanged { version: i64 },
-    /// The caller holds the lease and must write `version`.
+    /// The caller holds the lease and must write `version`, with these labels (the job's, or the
+    /// document's where the job names none).
     Claimed {
         version: i64,
         lease_token: uuid::Uuid,
+        labels: Labels,
+    },
+    /// The content is indexed, but its points need `labels` (which differ from what they carry)
+    /// or their publication was never finished: the caller holds the lease, relabels and
+    /// publishes `version`, then calls [`MetadataStore::release`]. Nothing is re-embedded.
+    Refresh {
+        version: i64,
+        lease_token: uuid::Uuid,
+        labels: Labels,
     },
     /// Another run holds a live lease on this document; try again later.
     Busy { until: DateTime<Utc> },
+}
+
+/// What [`MetadataStore::commit`] records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitRequest<'a> {
+    pub collection: &'a str,
+    pub doc_id: &'a str,
+    pub lease_token: uuid::Uuid,
+    pub version: i64,
+    pub content_hash: &'a str,
+    pub fingerprint: &'a str,
+    pub chunk_count: i64,
+    pub tokens: i64,
+    pub labels: &'a Labels,
 }
 
 /// The answer to [`MetadataStore::commit`].
@@ -220,24 +271,37 @@ pub trait MetadataStore: Send + Sync {
     /// Atomic: two concurrent callers never both get `Claimed` for one live lease.
     async fn begin(&self, req: &BeginRequest) -> Result<BeginOutcome, MetadataError>;
 
-    /// Record that `version` is now the document's only version in the vector store.
+    /// Record that `version`, with its labels, is the document's version, and release the lease.
+    /// Its points are still staged: the caller publishes them next and then calls
+    /// [`MetadataStore::mark_published`].
     ///
     /// Succeeds exactly when `lease_token` is still the document's lease — also after the lease ran
     /// out, as long as nobody took the document over (every claim mints a new token, so the version
     /// is then still the newest one handed out). Otherwise, or if `version` is not the one claimed
-    /// with this token, returns [`CommitOutcome::LeaseLost`] and changes nothing.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit(
+    /// with this token, returns [`CommitOutcome::LeaseLost`] and changes nothing. Committed
+    /// versions therefore only grow.
+    async fn commit(&self, req: &CommitRequest<'_>) -> Result<CommitOutcome, MetadataError>;
+
+    /// Record that the points of committed `version` are published. Monotone: never lowers the
+    /// recorded published version, so a slow run publishing an older version cannot undo a newer
+    /// publication (whose own deletions already removed the older points).
+    async fn mark_published(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<(), MetadataError>;
+
+    /// End a [`BeginOutcome::Refresh`]: record `labels` (now on the points) and the current
+    /// version as published, and release the lease. `false` (and no change) when `lease_token`
+    /// no longer holds the document.
+    async fn release(
         &self,
         collection: &str,
         doc_id: &str,
         lease_token: uuid::Uuid,
-        version: i64,
-        content_hash: &str,
-        fingerprint: &str,
-        chunk_count: i64,
-        tokens: i64,
-    ) -> Result<CommitOutcome, MetadataError>;
+        labels: &Labels,
+    ) -> Result<bool, MetadataError>;
 
     /// Extend the lease held by `lease_token` to `lease` from now. `false` when the token no
     /// longer holds the document (taken over after expiry, committed, or deleted): the holder must
@@ -266,16 +330,29 @@ pub trait MetadataStore: Send + Sync {
         error: &str,
     ) -> Result<(), MetadataError>;
 
-    /// Mark a document deleted (after its points were removed). Clears the current version and any
-    /// lease (an in-flight run's commit then gets `LeaseLost`); version numbers keep growing if the
-    /// document comes back. Unknown documents are ignored.
-    async fn mark_deleted(&self, collection: &str, doc_id: &str) -> Result<(), MetadataError>;
+    /// Mark a document deleted, before its points are removed. Clears the current version and any
+    /// lease (an in-flight run's renewals and commit then fail, and it removes its own version);
+    /// version numbers keep growing if the document comes back. Returns the highest version ever
+    /// handed out — the caller deletes the points up to it, never a later run's — or `None` for
+    /// an unknown document.
+    async fn mark_deleted(
+        &self,
+        collection: &str,
+        doc_id: &str,
+    ) -> Result<Option<i64>, MetadataError>;
 
     async fn get(
         &self,
         collection: &str,
         doc_id: &str,
     ) -> Result<Option<DocumentRecord>, MetadataError>;
+
+    /// The rows of `doc_ids` in `collection` that exist (deleted ones included), in any order.
+    async fn get_many(
+        &self,
+        collection: &str,
+        doc_ids: &[String],
+    ) -> Result<Vec<DocumentRecord>, MetadataError>;
 
     /// Documents (not deleted) whose source starts with `prefix`.
     async fn list_by_source_prefix(
@@ -357,8 +434,10 @@ pub(crate) struct LeaseView {
     pub fingerprint: Option<String>,
     pub current_version: i64,
     pub next_version: i64,
+    pub published_version: i64,
     pub lease_token: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
+    pub labels: Labels,
 }
 
 /// What `begin` must do with an existing row.
@@ -368,6 +447,10 @@ pub(crate) enum BeginDecision {
         until: DateTime<Utc>,
     },
     Unchanged {
+        version: i64,
+    },
+    /// Take the lease to relabel and publish the committed `version` (no new version).
+    Refresh {
         version: i64,
     },
     /// Allocate `version` (the row's `next_version + 1`) and take the lease.
@@ -388,11 +471,20 @@ pub(crate) fn live_lease(
     }
 }
 
+/// The labels a run writes: the job's, or the document's where the job names none.
+pub(crate) fn effective_labels(row: &Labels, req: &BeginRequest) -> Labels {
+    Labels {
+        tenant: req.tenant.clone().or_else(|| row.tenant.clone()),
+        metadata: req.metadata.clone().unwrap_or_else(|| row.metadata.clone()),
+    }
+}
+
 /// The begin rules, as one pure function so both stores apply exactly the same ones:
 /// a live lease wins (`Busy`); an indexed row with the same content hash and pipeline fingerprint
-/// is `Unchanged` unless forced; anything else (new content, failed, deleted, expired lease) claims
-/// the next version. `next_version` only grows, so a version number is never handed out twice, even
-/// across deletion.
+/// is `Unchanged` unless forced — or `Refresh` when its points still need the request's labels or
+/// their publication; anything else (new content, failed, deleted, expired lease) claims the next
+/// version. `next_version` only grows, so a version number is never handed out twice, even across
+/// deletion.
 pub(crate) fn decide_begin(
     row: &LeaseView,
     req: &BeginRequest,
@@ -404,13 +496,31 @@ pub(crate) fn decide_begin(
     let same_content = row.content_hash.as_deref() == Some(req.content_hash.as_str())
         && row.fingerprint.as_deref() == Some(req.fingerprint.as_str());
     if row.status == DocStatus::Indexed && same_content && !req.force {
-        return BeginDecision::Unchanged {
-            version: row.current_version,
+        let version = row.current_version;
+        let settled =
+            row.published_version >= version && effective_labels(&row.labels, req) == row.labels;
+        return if settled {
+            BeginDecision::Unchanged { version }
+        } else {
+            BeginDecision::Refresh { version }
         };
     }
     BeginDecision::Claim {
         version: row.next_version + 1,
     }
+}
+
+/// Metadata as stored: canonical JSON text (keys sorted), `NULL` when empty.
+pub(crate) fn metadata_text(
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    (!metadata.is_empty()).then(|| serde_json::Value::Object(metadata.clone()).to_string())
+}
+
+/// The stored metadata text back as a map; unreadable text (never written by sluice) reads empty.
+pub(crate) fn metadata_from_text(text: Option<&str>) -> serde_json::Map<String, serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
 }
 
 /// When a lease taken at `now` for `lease` runs out. Absurdly long leases saturate instead of
@@ -478,6 +588,7 @@ mod tests {
             doc_id: "d".into(),
             source: "s".into(),
             tenant: None,
+            metadata: None,
             content_hash: hash.into(),
             fingerprint: fingerprint.into(),
             force,
@@ -492,8 +603,10 @@ mod tests {
             fingerprint: Some("f".into()),
             current_version: 3,
             next_version: 4,
+            published_version: 3,
             lease_token: None,
             lease_until: None,
+            labels: Labels::default(),
         }
     }
 
@@ -544,6 +657,48 @@ mod tests {
         };
         assert_eq!(
             decide_begin(&failed, &req("h", "f", false), now),
+            BeginDecision::Claim { version: 5 }
+        );
+    }
+
+    #[test]
+    fn unpublished_or_relabelled_content_is_refreshed_not_reembedded() {
+        let now = Utc::now();
+        let unpublished = LeaseView {
+            published_version: 2,
+            ..indexed_row()
+        };
+        assert_eq!(
+            decide_begin(&unpublished, &req("h", "f", false), now),
+            BeginDecision::Refresh { version: 3 }
+        );
+        let mut relabel = req("h", "f", false);
+        relabel.tenant = Some("acme".into());
+        assert_eq!(
+            decide_begin(&indexed_row(), &relabel, now),
+            BeginDecision::Refresh { version: 3 }
+        );
+        // A job that names no labels keeps the document's: unchanged.
+        let labelled = LeaseView {
+            labels: Labels {
+                tenant: Some("acme".into()),
+                metadata: serde_json::Map::from_iter([("team".to_string(), "hr".into())]),
+            },
+            ..indexed_row()
+        };
+        assert_eq!(
+            decide_begin(&labelled, &req("h", "f", false), now),
+            BeginDecision::Unchanged { version: 3 }
+        );
+        let mut cleared = req("h", "f", false);
+        cleared.metadata = Some(serde_json::Map::new());
+        assert_eq!(
+            decide_begin(&labelled, &cleared, now),
+            BeginDecision::Refresh { version: 3 }
+        );
+        // New content or force still writes a new version.
+        assert_eq!(
+            decide_begin(&unpublished, &req("x", "f", false), now),
             BeginDecision::Claim { version: 5 }
         );
     }

@@ -383,6 +383,7 @@ mod tests {
             doc_id: doc_id.into(),
             source: format!("file:///docs/{doc_id}"),
             tenant: tenant.map(str::to_string),
+            metadata: None,
             content_hash: "h".into(),
             fingerprint: "f".into(),
             force: false,
@@ -391,12 +392,23 @@ mod tests {
         let BeginOutcome::Claimed {
             version,
             lease_token,
+            labels,
         } = store.begin(&req).await.unwrap()
         else {
             panic!("claim {doc_id}");
         };
         store
-            .commit("c", doc_id, lease_token, version, "h", "f", 1, 1)
+            .commit(&crate::metadata::CommitRequest {
+                collection: "c",
+                doc_id,
+                lease_token,
+                version,
+                content_hash: "h",
+                fingerprint: "f",
+                chunk_count: 1,
+                tokens: 1,
+                labels: &labels,
+            })
             .await
             .unwrap();
     }

@@ -21,9 +21,10 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    BeginDecision, BeginOutcome, BeginRequest, CommitOutcome, DocStatus, DocumentCursor,
-    DocumentFilter, DocumentRecord, DocumentStats, FailureReason, LeaseView, MetadataError,
-    MetadataStore, StatusReport, db_error, decide_begin, lease_deadline, live_lease,
+    BeginDecision, BeginOutcome, BeginRequest, CommitOutcome, CommitRequest, DocStatus,
+    DocumentCursor, DocumentFilter, DocumentRecord, DocumentStats, FailureReason, Labels,
+    LeaseView, MetadataError, MetadataStore, StatusReport, db_error, decide_begin,
+    effective_labels, lease_deadline, live_lease, metadata_from_text, metadata_text,
 };
 
 /// The schema, compiled into the binary.
@@ -170,8 +171,18 @@ fn lease_view(row: &SqliteRow) -> Result<LeaseView, MetadataError> {
         fingerprint: get(row, "fingerprint")?,
         current_version: get(row, "current_version")?,
         next_version: get(row, "next_version")?,
+        published_version: get(row, "published_version")?,
         lease_token: get(row, "lease_token")?,
         lease_until: opt_from_micros("lease_until", get(row, "lease_until")?)?,
+        labels: labels_of(row)?,
+    })
+}
+
+fn labels_of(row: &SqliteRow) -> Result<Labels, MetadataError> {
+    let metadata: Option<String> = get(row, "metadata")?;
+    Ok(Labels {
+        tenant: get(row, "tenant")?,
+        metadata: metadata_from_text(metadata.as_deref()),
     })
 }
 
@@ -184,6 +195,8 @@ fn record(row: &SqliteRow) -> Result<DocumentRecord, MetadataError> {
         content_hash: get(row, "content_hash")?,
         fingerprint: get(row, "fingerprint")?,
         current_version: get(row, "current_version")?,
+        next_version: get(row, "next_version")?,
+        published_version: get(row, "published_version")?,
         status: status_of(row)?,
         chunk_count: get(row, "chunk_count")?,
         tokens: get(row, "tokens")?,
@@ -192,6 +205,8 @@ fn record(row: &SqliteRow) -> Result<DocumentRecord, MetadataError> {
         created_at: from_micros("created_at", get(row, "created_at")?)?,
         updated_at: from_micros("updated_at", get(row, "updated_at")?)?,
         indexed_at: opt_from_micros("indexed_at", get(row, "indexed_at")?)?,
+        lease_until: opt_from_micros("lease_until", get(row, "lease_until")?)?,
+        metadata: labels_of(row)?.metadata,
     })
 }
 
@@ -231,37 +246,56 @@ impl MetadataStore for SqliteStore {
             return Ok(BeginOutcome::Claimed {
                 version: 1,
                 lease_token: token,
+                labels: effective_labels(&Labels::default(), req),
             });
         };
 
-        match decide_begin(&lease_view(&row)?, req, now) {
-            BeginDecision::Busy { until } => Ok(BeginOutcome::Busy { until }),
+        let view = lease_view(&row)?;
+        let labels = effective_labels(&view.labels, req);
+        let (version, refresh) = match decide_begin(&view, req, now) {
+            BeginDecision::Busy { until } => return Ok(BeginOutcome::Busy { until }),
             BeginDecision::Unchanged { version } => {
-                // The file may have moved or changed tenant without changing content.
+                // The file may have moved without changing content.
                 sqlx::query(
-                    "UPDATE documents SET source = $3, tenant = $4 \
-                     WHERE collection = $1 AND doc_id = $2 AND (source IS NOT $3 OR tenant IS NOT $4)",
+                    "UPDATE documents SET source = $3 \
+                     WHERE collection = $1 AND doc_id = $2 AND source IS NOT $3",
                 )
                 .bind(&req.collection)
                 .bind(&req.doc_id)
                 .bind(&req.source)
-                .bind(&req.tenant)
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
                 tx.commit().await.map_err(err)?;
-                Ok(BeginOutcome::Unchanged { version })
+                return Ok(BeginOutcome::Unchanged { version });
             }
-            BeginDecision::Claim { version } => {
+            BeginDecision::Refresh { version } => {
+                // A lease without a new version: status and counts stay those of `version`.
                 sqlx::query(
-                    "UPDATE documents SET source = $3, tenant = $4, next_version = $5, \
-                     status = 'processing', attempts = attempts + 1, lease_token = $6, \
-                     lease_until = $7, updated_at = $8 WHERE collection = $1 AND doc_id = $2",
+                    "UPDATE documents SET source = $3, lease_token = $4, lease_until = $5, \
+                     updated_at = $6 WHERE collection = $1 AND doc_id = $2",
                 )
                 .bind(&req.collection)
                 .bind(&req.doc_id)
                 .bind(&req.source)
-                .bind(&req.tenant)
+                .bind(token.to_string())
+                .bind(micros(until))
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                (version, true)
+            }
+            BeginDecision::Claim { version } => {
+                // Labels are recorded by the commit, once the points carry them.
+                sqlx::query(
+                    "UPDATE documents SET source = $3, next_version = $4, \
+                     status = 'processing', attempts = attempts + 1, lease_token = $5, \
+                     lease_until = $6, updated_at = $7 WHERE collection = $1 AND doc_id = $2",
+                )
+                .bind(&req.collection)
+                .bind(&req.doc_id)
+                .bind(&req.source)
                 .bind(version)
                 .bind(token.to_string())
                 .bind(micros(until))
@@ -269,26 +303,26 @@ impl MetadataStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                Ok(BeginOutcome::Claimed {
-                    version,
-                    lease_token: token,
-                })
+                (version, false)
             }
-        }
+        };
+        tx.commit().await.map_err(err)?;
+        Ok(if refresh {
+            BeginOutcome::Refresh {
+                version,
+                lease_token: token,
+                labels,
+            }
+        } else {
+            BeginOutcome::Claimed {
+                version,
+                lease_token: token,
+                labels,
+            }
+        })
     }
 
-    async fn commit(
-        &self,
-        collection: &str,
-        doc_id: &str,
-        lease_token: uuid::Uuid,
-        version: i64,
-        content_hash: &str,
-        fingerprint: &str,
-        chunk_count: i64,
-        tokens: i64,
-    ) -> Result<CommitOutcome, MetadataError> {
+    async fn commit(&self, req: &CommitRequest<'_>) -> Result<CommitOutcome, MetadataError> {
         // The token alone decides: every claim mints a new one, so a match means nobody took the
         // document over, even if the lease has run out meanwhile; `version` is still the newest
         // allocated, so committing it is safe. One statement, so no transaction is needed.
@@ -296,18 +330,21 @@ impl MetadataStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE documents SET current_version = $4, content_hash = $5, fingerprint = $6, \
              status = 'indexed', chunk_count = $7, tokens = $8, last_error = NULL, \
+             tenant = $10, metadata = $11, \
              indexed_at = $9, updated_at = $9, lease_token = NULL, lease_until = NULL \
              WHERE collection = $1 AND doc_id = $2 AND lease_token = $3 AND next_version = $4",
         )
-        .bind(collection)
-        .bind(doc_id)
-        .bind(lease_token.to_string())
-        .bind(version)
-        .bind(content_hash)
-        .bind(fingerprint)
-        .bind(chunk_count)
-        .bind(tokens)
+        .bind(req.collection)
+        .bind(req.doc_id)
+        .bind(req.lease_token.to_string())
+        .bind(req.version)
+        .bind(req.content_hash)
+        .bind(req.fingerprint)
+        .bind(req.chunk_count)
+        .bind(req.tokens)
         .bind(now)
+        .bind(&req.labels.tenant)
+        .bind(metadata_text(&req.labels.metadata))
         .execute(&self.pool)
         .await
         .map_err(|e| db_error("commit", e))?;
@@ -316,6 +353,50 @@ impl MetadataStore for SqliteStore {
         } else {
             CommitOutcome::LeaseLost
         })
+    }
+
+    async fn mark_published(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<(), MetadataError> {
+        sqlx::query(
+            "UPDATE documents SET published_version = $3 WHERE collection = $1 AND doc_id = $2 \
+             AND published_version < $3 AND current_version >= $3",
+        )
+        .bind(collection)
+        .bind(doc_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("mark_published", e))?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        lease_token: uuid::Uuid,
+        labels: &Labels,
+    ) -> Result<bool, MetadataError> {
+        let done = sqlx::query(
+            "UPDATE documents SET tenant = $4, metadata = $5, \
+             published_version = MAX(published_version, current_version), updated_at = $6, \
+             lease_token = NULL, lease_until = NULL \
+             WHERE collection = $1 AND doc_id = $2 AND lease_token = $3",
+        )
+        .bind(collection)
+        .bind(doc_id)
+        .bind(lease_token.to_string())
+        .bind(&labels.tenant)
+        .bind(metadata_text(&labels.metadata))
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("release", e))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn renew(
@@ -421,22 +502,26 @@ impl MetadataStore for SqliteStore {
         tx.commit().await.map_err(err)
     }
 
-    async fn mark_deleted(&self, collection: &str, doc_id: &str) -> Result<(), MetadataError> {
-        // Clearing the lease makes an in-flight run's commit report `LeaseLost`. `next_version`
+    async fn mark_deleted(
+        &self,
+        collection: &str,
+        doc_id: &str,
+    ) -> Result<Option<i64>, MetadataError> {
+        // Clearing the lease makes an in-flight run's renewals and commit fail. `next_version`
         // stays, so a later re-index gets a version above every earlier one.
-        sqlx::query(
-            "UPDATE documents SET status = 'deleted', current_version = 0, content_hash = NULL, \
-             fingerprint = NULL, chunk_count = 0, tokens = 0, last_error = NULL, \
-             lease_token = NULL, lease_until = NULL, updated_at = $3 \
-             WHERE collection = $1 AND doc_id = $2",
+        let max_version: Option<i64> = sqlx::query_scalar(
+            "UPDATE documents SET status = 'deleted', current_version = 0, published_version = 0, \
+             content_hash = NULL, fingerprint = NULL, chunk_count = 0, tokens = 0, \
+             last_error = NULL, lease_token = NULL, lease_until = NULL, updated_at = $3 \
+             WHERE collection = $1 AND doc_id = $2 RETURNING next_version",
         )
         .bind(collection)
         .bind(doc_id)
         .bind(micros(Utc::now()))
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("mark_deleted", e))?;
-        Ok(())
+        Ok(max_version)
     }
 
     async fn get(
@@ -451,6 +536,25 @@ impl MetadataStore for SqliteStore {
             .await
             .map_err(|e| db_error("get", e))?;
         row.as_ref().map(record).transpose()
+    }
+
+    async fn get_many(
+        &self,
+        collection: &str,
+        doc_ids: &[String],
+    ) -> Result<Vec<DocumentRecord>, MetadataError> {
+        // SQLite has no array parameters: the ids travel as one JSON array.
+        let ids = serde_json::to_string(doc_ids)
+            .map_err(|e| MetadataError::Query(format!("get_many: {e}")))?;
+        let rows = sqlx::query(select_records!(
+            "WHERE collection = $1 AND doc_id IN (SELECT value FROM json_each($2))"
+        ))
+        .bind(collection)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("get_many", e))?;
+        rows.iter().map(record).collect()
     }
 
     async fn list_by_source_prefix(

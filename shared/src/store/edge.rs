@@ -24,34 +24,37 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
     FieldCondition, Filter, Fusion, Match, Modifier, NamedQuery, OperationError, Payload,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
-    Prefetch, QueryEnum, QueryRequest, ScoredPoint, ScoringQuery, ScrollRequest,
-    SparseVector as EdgeSparse, UpdateOperation, ValueVariants, VectorInternal, VectorPersisted,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
+    PayloadOps, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, Prefetch, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery,
+    ScrollRequest, SetPayloadOp, SparseVector as EdgeSparse, UpdateOperation, ValueVariants,
+    VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 
 use self::shards::json_path;
 pub use self::shards::{EdgeCollection, EdgeShards, edge_error, run_blocking};
-use super::{CollectionSpec, DENSE_VECTOR, SPARSE_VECTOR, SearchQuery, StoreError, VectorStore};
+use super::{
+    CollectionSpec, DENSE_VECTOR, PointInfo, PointPage, SPARSE_VECTOR, STAGED_FIELD, SearchQuery,
+    StoreError, VectorStore,
+};
 use crate::model::{ChunkPayload, Point, SearchHit, SparseVector};
 
 /// Points per shard update: keeps each WAL record a few MB even with 1,024-dim vectors and
 /// full chunk texts (the WAL segment is 32 MiB).
 const UPDATE_BATCH: usize = 128;
-/// Page size when listing every point.
-const SCROLL_PAGE: usize = 256;
 /// Qdrant's default RRF constant (`DEFAULT_RRF_K` in the server and in qdrant-edge), so both
 /// stores rank hybrid results identically.
 pub const QDRANT_DEFAULT_RRF_K: usize = 2;
 /// Payload indexes every sluice collection gets when it is created, before any data.
-pub const PAYLOAD_INDEXES: [(&str, PayloadSchemaType); 3] = [
+pub const PAYLOAD_INDEXES: [(&str, PayloadSchemaType); 4] = [
     ("doc_id", PayloadSchemaType::Keyword),
     ("tenant", PayloadSchemaType::Keyword),
-    // `delete_other_versions` filters on `version`.
+    // Publishing and the reconciler filter on `version`, every search on `staged`.
     ("version", PayloadSchemaType::Integer),
+    (STAGED_FIELD, PayloadSchemaType::Bool),
 ];
 
 /// The embedded [`VectorStore`]: qdrant-edge shards under one data directory.
@@ -133,18 +136,55 @@ impl VectorStore for EdgeStore {
         self.apply(collection, ops).await
     }
 
-    async fn delete_other_versions(
+    async fn publish_version(
         &self,
         collection: &str,
         doc_id: &str,
-        keep_version: i64,
+        version: i64,
     ) -> Result<(), StoreError> {
-        let mut filter = doc_filter(doc_id)?;
-        filter.must_not = Some(vec![match_condition(
-            "version",
-            ValueVariants::Integer(keep_version),
-        )?]);
-        self.delete_by_filter(collection, filter).await
+        // One shard update: the flag and the older versions change under one write lock, so an
+        // embedded search sees either the old version or the new one.
+        let published = set_payload_op(
+            version_filter(doc_id, version)?,
+            serde_json::Map::from_iter([(STAGED_FIELD.to_string(), false.into())]),
+        );
+        let older = versions_filter(
+            doc_id,
+            Range {
+                lt: Some(OrderedFloat(version as f64)),
+                ..Default::default()
+            },
+        )?;
+        self.apply(
+            collection,
+            vec![
+                published,
+                UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(older)),
+            ],
+        )
+        .await
+    }
+
+    async fn set_labels(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+        tenant: Option<&str>,
+        metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let labels = serde_json::Map::from_iter([
+            (
+                "tenant".to_string(),
+                tenant.map_or(serde_json::Value::Null, |t| t.into()),
+            ),
+            (
+                "metadata".to_string(),
+                serde_json::Value::Object(metadata.clone()),
+            ),
+        ]);
+        let op = set_payload_op(version_filter(doc_id, version)?, labels);
+        self.apply(collection, vec![op]).await
     }
 
     async fn delete_version(
@@ -153,73 +193,86 @@ impl VectorStore for EdgeStore {
         doc_id: &str,
         version: i64,
     ) -> Result<(), StoreError> {
-        let mut filter = doc_filter(doc_id)?;
-        filter
-            .must
-            .get_or_insert_with(Vec::new)
-            .push(match_condition("version", ValueVariants::Integer(version))?);
-        self.delete_by_filter(collection, filter).await
+        self.delete_by_filter(collection, version_filter(doc_id, version)?)
+            .await
     }
 
-    async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError> {
-        let filter = doc_filter(doc_id)?;
+    async fn delete_document(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        up_to_version: i64,
+    ) -> Result<(), StoreError> {
+        let filter = versions_filter(
+            doc_id,
+            Range {
+                lte: Some(OrderedFloat(up_to_version as f64)),
+                ..Default::default()
+            },
+        )?;
         self.delete_by_filter(collection, filter).await
     }
 
     async fn count(&self, collection: &str, doc_id: Option<&str>) -> Result<u64, StoreError> {
-        let filter = doc_id.map(doc_filter).transpose()?;
-        let request = qdrant_edge::CountRequest {
-            filter,
-            exact: true,
-        };
-        let n = self
-            .read(collection, move |shard| shard.count(request))
-            .await?;
-        Ok(n as u64)
+        self.count_where(collection, doc_id.map(doc_filter).transpose()?)
+            .await
     }
 
-    async fn list_points(
+    async fn count_version(
         &self,
         collection: &str,
-    ) -> Result<Vec<(uuid::Uuid, String, i64)>, StoreError> {
-        let fields = vec![json_path("doc_id")?, json_path("version")?];
-        self.read(collection, move |shard| {
-            let mut out = Vec::new();
-            let mut offset = None;
-            loop {
-                let (records, next) = shard.scroll(ScrollRequest {
-                    offset,
-                    limit: Some(SCROLL_PAGE),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Fields(fields.clone())),
-                    with_vector: WithVector::Bool(false),
-                    order_by: None,
-                })?;
-                out.extend(records.into_iter().map(|r| (r.id, r.payload)));
-                match next {
-                    Some(next) => offset = Some(next),
-                    None => return Ok(out),
+        doc_id: &str,
+        version: i64,
+    ) -> Result<u64, StoreError> {
+        self.count_where(collection, Some(version_filter(doc_id, version)?))
+            .await
+    }
+
+    async fn scroll_points(
+        &self,
+        collection: &str,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<PointPage, StoreError> {
+        let fields = vec![
+            json_path("doc_id")?,
+            json_path("version")?,
+            json_path(STAGED_FIELD)?,
+        ];
+        let request = ScrollRequest {
+            offset: after.map(PointId::Uuid),
+            limit: Some(limit),
+            filter: None,
+            with_payload: Some(WithPayloadInterface::Fields(fields)),
+            with_vector: WithVector::Bool(false),
+            order_by: None,
+        };
+        let (records, next) = self
+            .read(collection, move |shard| shard.scroll(request))
+            .await?;
+        let points = records
+            .into_iter()
+            .map(|r| {
+                let id = point_uuid(r.id)?;
+                let map = r.payload.map(|p| p.0).unwrap_or_default();
+                let doc_id = map.get("doc_id").and_then(|v| v.as_str());
+                let version = map.get("version").and_then(|v| v.as_i64());
+                let staged = map.get(STAGED_FIELD).and_then(|v| v.as_bool()) == Some(true);
+                match (doc_id, version) {
+                    (Some(doc_id), Some(version)) => Ok(PointInfo {
+                        id,
+                        doc_id: doc_id.to_string(),
+                        version,
+                        staged,
+                    }),
+                    _ => Err(StoreError::Internal(format!(
+                        "point {id} has no doc_id/version payload"
+                    ))),
                 }
-            }
-        })
-        .await?
-        .into_iter()
-        .map(|(id, payload)| {
-            let id = point_uuid(id)?;
-            let map = payload.map(|p| p.0).unwrap_or_default();
-            let doc_id = map
-                .get("doc_id")
-                .and_then(|v| v.as_str())
-                .map(str::to_string);
-            let version = map.get("version").and_then(|v| v.as_i64());
-            match (doc_id, version) {
-                (Some(doc_id), Some(version)) => Ok((id, doc_id, version)),
-                _ => Err(StoreError::Internal(format!(
-                    "point {id} has no doc_id/version payload"
-                ))),
-            }
-        })
-        .collect()
+            })
+            .collect::<Result<_, _>>()?;
+        let next = next.map(point_uuid).transpose()?;
+        Ok(PointPage { points, next })
     }
 
     async fn search(
@@ -231,12 +284,7 @@ impl VectorStore for EdgeStore {
             return Ok(Vec::new());
         }
         let query = query.clone();
-        let filter = query
-            .tenant
-            .as_deref()
-            .map(|t| match_condition("tenant", ValueVariants::String(t.to_string())))
-            .transpose()?;
-        let filter = filter.map(Filter::new_must);
+        let filter = Some(search_filter(query.tenant.as_deref())?);
         let shards = self.shards.clone();
         let name = collection.to_string();
         let points = run_blocking(move || {
@@ -251,6 +299,21 @@ impl VectorStore for EdgeStore {
 }
 
 impl EdgeStore {
+    async fn count_where(
+        &self,
+        collection: &str,
+        filter: Option<Filter>,
+    ) -> Result<u64, StoreError> {
+        let request = qdrant_edge::CountRequest {
+            filter,
+            exact: true,
+        };
+        let n = self
+            .read(collection, move |shard| shard.count(request))
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn apply(&self, collection: &str, ops: Vec<UpdateOperation>) -> Result<(), StoreError> {
         let shards = self.shards.clone();
         let name = collection.to_string();
@@ -334,6 +397,54 @@ fn match_condition(field: &str, value: ValueVariants) -> Result<Condition, Store
         json_path(field)?,
         Match::new_value(value),
     )))
+}
+
+/// The points of one version of a document.
+fn version_filter(doc_id: &str, version: i64) -> Result<Filter, StoreError> {
+    let mut filter = doc_filter(doc_id)?;
+    filter
+        .must
+        .get_or_insert_with(Vec::new)
+        .push(match_condition("version", ValueVariants::Integer(version))?);
+    Ok(filter)
+}
+
+/// The points of a document whose version lies in `range`.
+fn versions_filter(doc_id: &str, range: Range<OrderedFloat<f64>>) -> Result<Filter, StoreError> {
+    let mut filter = doc_filter(doc_id)?;
+    filter
+        .must
+        .get_or_insert_with(Vec::new)
+        .push(Condition::Field(FieldCondition::new_range(
+            json_path("version")?,
+            range,
+        )));
+    Ok(filter)
+}
+
+/// What a search may return: published points, of one tenant if given.
+fn search_filter(tenant: Option<&str>) -> Result<Filter, StoreError> {
+    let mut filter =
+        Filter::new_must_not(match_condition(STAGED_FIELD, ValueVariants::Bool(true))?);
+    if let Some(t) = tenant {
+        filter.must = Some(vec![match_condition(
+            "tenant",
+            ValueVariants::String(t.to_string()),
+        )?]);
+    }
+    Ok(filter)
+}
+
+fn set_payload_op(
+    filter: Filter,
+    payload: serde_json::Map<String, serde_json::Value>,
+) -> UpdateOperation {
+    UpdateOperation::PayloadOperation(PayloadOps::SetPayload(SetPayloadOp {
+        payload: Payload(payload),
+        points: None,
+        filter: Some(filter),
+        key: None,
+    }))
 }
 
 fn doc_filter(doc_id: &str) -> Result<Filter, StoreError> {

@@ -68,24 +68,63 @@ impl SearchQuery {
     }
 }
 
+/// Payload key set to `true` on every point of a version while it is written: searches exclude
+/// such points, so readers never see a partly written version. [`VectorStore::publish_version`]
+/// clears it once the version is complete and committed.
+pub const STAGED_FIELD: &str = "staged";
+
+/// One point as the reconciler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointInfo {
+    pub id: uuid::Uuid,
+    pub doc_id: String,
+    pub version: i64,
+    pub staged: bool,
+}
+
+/// One page of [`VectorStore::scroll_points`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointPage {
+    pub points: Vec<PointInfo>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<uuid::Uuid>,
+}
+
+/// Points per page when [`VectorStore::list_points`] walks a whole collection.
+const LIST_PAGE: usize = 256;
+
 #[async_trait]
 pub trait VectorStore: Send + Sync {
     /// Create the collection with its vectors and keyword payload indexes on `doc_id` and `tenant`
     /// if it does not exist; fail with [`StoreError::Incompatible`] if it exists with other vectors.
     async fn ensure_collection(&self, spec: &CollectionSpec) -> Result<(), StoreError>;
 
-    /// Upsert points (batched internally), returning once they are applied.
+    /// Upsert points (batched internally), returning once they are applied. Points of a version
+    /// being written carry `staged: true` in their payload (see [`STAGED_FIELD`]).
     async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), StoreError>;
 
-    /// Delete every point of `doc_id` whose version is not `keep_version`.
-    async fn delete_other_versions(
+    /// Make `version` of `doc_id` the one searchers see: clear the staged flag of its points, then
+    /// delete the document's versions below it. Never touches a newer version. Only the run that
+    /// committed `version` calls this (or a later run finishing that commit's publication).
+    async fn publish_version(
         &self,
         collection: &str,
         doc_id: &str,
-        keep_version: i64,
+        version: i64,
     ) -> Result<(), StoreError>;
 
-    /// Delete the points of `doc_id` at `version` (a version whose writing failed part-way).
+    /// Replace `tenant` and `metadata` on every point of `version` of `doc_id`.
+    async fn set_labels(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+        tenant: Option<&str>,
+        metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), StoreError>;
+
+    /// Delete the points of `doc_id` at `version` (a version whose writing failed part-way, or a
+    /// stray one found by the reconciler).
     async fn delete_version(
         &self,
         collection: &str,
@@ -93,18 +132,54 @@ pub trait VectorStore: Send + Sync {
         version: i64,
     ) -> Result<(), StoreError>;
 
-    /// Delete every point of `doc_id`.
-    async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError>;
+    /// Delete every point of `doc_id` whose version is at most `up_to_version`: a document deletion
+    /// removes what existed when it was recorded, never the points of a later re-index.
+    async fn delete_document(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        up_to_version: i64,
+    ) -> Result<(), StoreError>;
 
-    /// Number of points of `doc_id` (all versions), or of the whole collection when `None`.
+    /// Number of points of `doc_id` (all versions, staged or not), or of the whole collection when
+    /// `None`.
     async fn count(&self, collection: &str, doc_id: Option<&str>) -> Result<u64, StoreError>;
 
-    /// Every point's (id, doc_id, version) — for tests and audits; pages internally.
+    /// Number of points of `version` of `doc_id`, staged or not.
+    async fn count_version(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// One page of the collection's points in id order, starting at `after` (inclusive, as the
+    /// `next` of the previous page gives it). Only what the reconciler needs travels.
+    async fn scroll_points(
+        &self,
+        collection: &str,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<PointPage, StoreError>;
+
+    /// Every point's (id, doc_id, version) — for tests and audits.
     async fn list_points(
         &self,
         collection: &str,
-    ) -> Result<Vec<(uuid::Uuid, String, i64)>, StoreError>;
+    ) -> Result<Vec<(uuid::Uuid, String, i64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.scroll_points(collection, after, LIST_PAGE).await?;
+            out.extend(page.points.into_iter().map(|p| (p.id, p.doc_id, p.version)));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
 
+    /// Search published points only (staged ones are never returned).
     async fn search(
         &self,
         collection: &str,

@@ -18,8 +18,9 @@ use futures::{StreamExt, TryStreamExt};
 use qdrant_client::qdrant::{
     self, Condition, CountPoints, CreateCollection, CreateFieldIndexCollection, DeletePoints,
     FieldType, Filter, GetCollectionInfoRequest, PointsSelector, PrefetchQuery, Query, QueryPoints,
-    ScrollPoints, SparseVectorConfig, SparseVectorParams, UpsertPoints, VectorInput, VectorParams,
-    VectorParamsMap, VectorsConfig, WithPayloadSelector, r#match::MatchValue,
+    Range, ScrollPoints, SetPayloadPoints, SparseVectorConfig, SparseVectorParams, UpsertPoints,
+    VectorInput, VectorParams, VectorParamsMap, VectorsConfig, WithPayloadSelector,
+    r#match::MatchValue,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use tonic::Code;
@@ -29,6 +30,7 @@ use self::wire::{
 };
 pub use self::wire::{json_to_value, value_to_json};
 use super::{CollectionSpec, DENSE_VECTOR, SPARSE_VECTOR, SearchQuery, StoreError, VectorStore};
+use super::{PointInfo, PointPage, STAGED_FIELD};
 use crate::model::{Point, SearchHit};
 use crate::secret::{Secret, redact_url};
 
@@ -37,16 +39,15 @@ pub const UPSERT_BATCH: usize = 128;
 /// Upsert requests in flight per `upsert` call: enough to overlap network and indexing, few
 /// enough that many workers together do not swamp the server.
 pub const UPSERT_IN_FLIGHT: usize = 4;
-/// Page size when listing every point.
-const SCROLL_PAGE: u32 = 256;
 /// Per-request deadline: a waited upsert of a full batch into a busy collection can take seconds.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Payload indexes every sluice collection gets on creation.
-const PAYLOAD_INDEXES: [(&str, FieldType); 3] = [
+const PAYLOAD_INDEXES: [(&str, FieldType); 4] = [
     ("doc_id", FieldType::Keyword),
     ("tenant", FieldType::Keyword),
     ("version", FieldType::Integer),
+    (STAGED_FIELD, FieldType::Bool),
 ];
 
 /// The Qdrant server [`VectorStore`].
@@ -167,6 +168,30 @@ impl QdrantStore {
         Ok(())
     }
 
+    async fn set_payload_where(
+        &self,
+        collection: &str,
+        filter: Filter,
+        payload: HashMap<String, qdrant::Value>,
+    ) -> Result<(), StoreError> {
+        let request = SetPayloadPoints {
+            collection_name: collection.to_string(),
+            wait: Some(true),
+            payload,
+            points_selector: Some(PointsSelector {
+                points_selector_one_of: Some(qdrant::points_selector::PointsSelectorOneOf::Filter(
+                    filter,
+                )),
+            }),
+            ..Default::default()
+        };
+        self.client
+            .set_payload(request)
+            .await
+            .map_err(|e| map_error("set payload", collection, e))?;
+        Ok(())
+    }
+
     async fn delete_by_filter(&self, collection: &str, filter: Filter) -> Result<(), StoreError> {
         let request = DeletePoints {
             collection_name: collection.to_string(),
@@ -250,18 +275,51 @@ impl VectorStore for QdrantStore {
             .await
     }
 
-    async fn delete_other_versions(
+    async fn publish_version(
         &self,
         collection: &str,
         doc_id: &str,
-        keep_version: i64,
+        version: i64,
     ) -> Result<(), StoreError> {
-        let mut filter = doc_filter(doc_id);
-        filter.must_not = vec![Condition::matches(
-            "version",
-            MatchValue::Integer(keep_version),
-        )];
-        self.delete_by_filter(collection, filter).await
+        // Visible first, then the older versions go: a searcher may see both for the moment
+        // between the two requests, never neither.
+        self.set_payload_where(
+            collection,
+            version_filter(doc_id, version),
+            HashMap::from([(STAGED_FIELD.to_string(), false.into())]),
+        )
+        .await?;
+        self.delete_by_filter(
+            collection,
+            versions_filter(
+                doc_id,
+                Range {
+                    lt: Some(version as f64),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+    }
+
+    async fn set_labels(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+        tenant: Option<&str>,
+        metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let tenant = tenant.map_or(serde_json::Value::Null, |t| t.into());
+        let payload = HashMap::from([
+            ("tenant".to_string(), json_to_value(tenant)),
+            (
+                "metadata".to_string(),
+                json_to_value(serde_json::Value::Object(metadata.clone())),
+            ),
+        ]);
+        self.set_payload_where(collection, version_filter(doc_id, version), payload)
+            .await
     }
 
     async fn delete_version(
@@ -270,70 +328,91 @@ impl VectorStore for QdrantStore {
         doc_id: &str,
         version: i64,
     ) -> Result<(), StoreError> {
-        let mut filter = doc_filter(doc_id);
-        filter
-            .must
-            .push(Condition::matches("version", MatchValue::Integer(version)));
-        self.delete_by_filter(collection, filter).await
+        self.delete_by_filter(collection, version_filter(doc_id, version))
+            .await
     }
 
-    async fn delete_document(&self, collection: &str, doc_id: &str) -> Result<(), StoreError> {
-        self.delete_by_filter(collection, doc_filter(doc_id)).await
+    async fn delete_document(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        up_to_version: i64,
+    ) -> Result<(), StoreError> {
+        self.delete_by_filter(
+            collection,
+            versions_filter(
+                doc_id,
+                Range {
+                    lte: Some(up_to_version as f64),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
     }
 
     async fn count(&self, collection: &str, doc_id: Option<&str>) -> Result<u64, StoreError> {
-        let request = CountPoints {
+        self.count_where(collection, doc_id.map(doc_filter)).await
+    }
+
+    async fn count_version(
+        &self,
+        collection: &str,
+        doc_id: &str,
+        version: i64,
+    ) -> Result<u64, StoreError> {
+        self.count_where(collection, Some(version_filter(doc_id, version)))
+            .await
+    }
+
+    async fn scroll_points(
+        &self,
+        collection: &str,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<PointPage, StoreError> {
+        let request = ScrollPoints {
             collection_name: collection.to_string(),
-            filter: doc_id.map(doc_filter),
-            exact: Some(true),
+            offset: after.map(|id| id.to_string().into()),
+            limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
+            with_payload: Some(WithPayloadSelector::from(vec![
+                "doc_id",
+                "version",
+                STAGED_FIELD,
+            ])),
             ..Default::default()
         };
         let resp = self
             .client
-            .count(request)
+            .scroll(request)
             .await
-            .map_err(|e| map_error("count", collection, e))?;
-        Ok(resp.result.map(|r| r.count).unwrap_or(0))
-    }
-
-    async fn list_points(
-        &self,
-        collection: &str,
-    ) -> Result<Vec<(uuid::Uuid, String, i64)>, StoreError> {
-        let mut out = Vec::new();
-        let mut offset = None;
-        loop {
-            let request = ScrollPoints {
-                collection_name: collection.to_string(),
-                offset,
-                limit: Some(SCROLL_PAGE),
-                with_payload: Some(WithPayloadSelector::from(vec!["doc_id", "version"])),
-                ..Default::default()
-            };
-            let resp = self
-                .client
-                .scroll(request)
-                .await
-                .map_err(|e| map_error("scroll", collection, e))?;
-            for mut point in resp.result {
-                let id = point_uuid(point.id)?;
-                let mut field = |key: &str| point.payload.remove(key).map(value_to_json);
-                let doc_id = field("doc_id").and_then(|v| v.as_str().map(str::to_string));
-                let version = field("version").and_then(|v| v.as_i64());
-                match (doc_id, version) {
-                    (Some(doc_id), Some(version)) => out.push((id, doc_id, version)),
-                    _ => {
-                        return Err(StoreError::Internal(format!(
-                            "point {id} has no doc_id/version payload"
-                        )));
-                    }
+            .map_err(|e| map_error("scroll", collection, e))?;
+        let mut points = Vec::with_capacity(resp.result.len());
+        for mut point in resp.result {
+            let id = point_uuid(point.id)?;
+            let mut field = |key: &str| point.payload.remove(key).map(value_to_json);
+            let doc_id = field("doc_id").and_then(|v| v.as_str().map(str::to_string));
+            let version = field("version").and_then(|v| v.as_i64());
+            let staged = field(STAGED_FIELD).and_then(|v| v.as_bool()) == Some(true);
+            match (doc_id, version) {
+                (Some(doc_id), Some(version)) => points.push(PointInfo {
+                    id,
+                    doc_id,
+                    version,
+                    staged,
+                }),
+                _ => {
+                    return Err(StoreError::Internal(format!(
+                        "point {id} has no doc_id/version payload"
+                    )));
                 }
             }
-            match resp.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(out),
-            }
         }
+        let next = match resp.next_page_offset {
+            Some(id) => Some(point_uuid(Some(id))?),
+            None => None,
+        };
+        Ok(PointPage { points, next })
     }
 
     async fn search(
@@ -348,9 +427,7 @@ impl VectorStore for QdrantStore {
             VectorInput::new_sparse(query.sparse.indices.clone(), query.sparse.values.clone());
         let mut request = QueryPoints {
             collection_name: collection.to_string(),
-            filter: query.tenant.as_ref().map(|t| {
-                Filter::must([Condition::matches("tenant", MatchValue::Keyword(t.clone()))])
-            }),
+            filter: Some(search_filter(query.tenant.as_deref())),
             limit: Some(query.top_k as u64),
             with_payload: Some(true.into()),
             ..Default::default()
@@ -397,6 +474,56 @@ impl VectorStore for QdrantStore {
             })
             .collect()
     }
+}
+
+impl QdrantStore {
+    async fn count_where(
+        &self,
+        collection: &str,
+        filter: Option<Filter>,
+    ) -> Result<u64, StoreError> {
+        let request = CountPoints {
+            collection_name: collection.to_string(),
+            filter,
+            exact: Some(true),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .count(request)
+            .await
+            .map_err(|e| map_error("count", collection, e))?;
+        Ok(resp.result.map(|r| r.count).unwrap_or(0))
+    }
+}
+
+/// The points of one version of a document.
+fn version_filter(doc_id: &str, version: i64) -> Filter {
+    let mut filter = doc_filter(doc_id);
+    filter
+        .must
+        .push(Condition::matches("version", MatchValue::Integer(version)));
+    filter
+}
+
+/// The points of a document whose version lies in `range`.
+fn versions_filter(doc_id: &str, range: Range) -> Filter {
+    let mut filter = doc_filter(doc_id);
+    filter.must.push(Condition::range("version", range));
+    filter
+}
+
+/// What a search may return: published points, of one tenant if given.
+fn search_filter(tenant: Option<&str>) -> Filter {
+    let mut filter =
+        Filter::must_not([Condition::matches(STAGED_FIELD, MatchValue::Boolean(true))]);
+    if let Some(t) = tenant {
+        filter.must.push(Condition::matches(
+            "tenant",
+            MatchValue::Keyword(t.to_string()),
+        ));
+    }
+    filter
 }
 
 #[cfg(test)]

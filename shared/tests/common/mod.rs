@@ -8,7 +8,7 @@ use sluice_shared::testing::TestDatabase;
 use std::time::Duration;
 
 use sluice_shared::metadata::{
-    BeginOutcome, BeginRequest, CommitOutcome, MetadataStore, connect_any,
+    BeginOutcome, BeginRequest, CommitOutcome, CommitRequest, Labels, MetadataStore, connect_any,
 };
 
 /// Which metadata store implementation a contract test runs against.
@@ -81,6 +81,7 @@ pub fn req(doc_id: &str, hash: &str) -> BeginRequest {
         doc_id: doc_id.to_string(),
         source: format!("/data/{doc_id}.md"),
         tenant: Some("acme".to_string()),
+        metadata: None,
         content_hash: hash.to_string(),
         fingerprint: "fp-1".to_string(),
         force: false,
@@ -94,31 +95,45 @@ pub fn claimed(outcome: BeginOutcome) -> (i64, uuid::Uuid) {
         BeginOutcome::Claimed {
             version,
             lease_token,
+            ..
         } => (version, lease_token),
         other => panic!("expected Claimed, got {other:?}"),
     }
 }
 
-/// Commits `r` with 10 chunks and 1,000 tokens.
+/// Commits `r` with 10 chunks and 1,000 tokens and the request's tenant, then records the
+/// version published, as the pipeline does once its points are visible.
 pub async fn commit(
     store: &dyn MetadataStore,
     r: &BeginRequest,
     token: uuid::Uuid,
     version: i64,
 ) -> CommitOutcome {
-    store
-        .commit(
-            &r.collection,
-            &r.doc_id,
-            token,
+    let labels = Labels {
+        tenant: r.tenant.clone(),
+        metadata: r.metadata.clone().unwrap_or_default(),
+    };
+    let outcome = store
+        .commit(&CommitRequest {
+            collection: &r.collection,
+            doc_id: &r.doc_id,
+            lease_token: token,
             version,
-            &r.content_hash,
-            &r.fingerprint,
-            10,
-            1000,
-        )
+            content_hash: &r.content_hash,
+            fingerprint: &r.fingerprint,
+            chunk_count: 10,
+            tokens: 1000,
+            labels: &labels,
+        })
         .await
-        .expect("commit")
+        .expect("commit");
+    if outcome == CommitOutcome::Committed {
+        store
+            .mark_published(&r.collection, &r.doc_id, version)
+            .await
+            .expect("mark_published");
+    }
+    outcome
 }
 
 /// Claims and commits `r`, returning the committed version.
