@@ -21,7 +21,7 @@ use sluice_shared::config::{Settings, validate_collection_name};
 use sluice_shared::job::{Job, JobSpec};
 use sluice_shared::metadata::{DocStatus, MetadataStore};
 use sluice_shared::pipeline::Pipeline;
-use sluice_shared::queue::Publisher;
+use sluice_shared::queue::{self, Publisher, QueueSettings};
 use sluice_shared::reindex::publish_jobs;
 use sluice_shared::source::Source;
 use sluice_shared::store::{StoreError, VectorStore};
@@ -117,11 +117,7 @@ async fn verify_all(settings: &Settings, args: &VerifyArgs) -> anyhow::Result<(R
         let store = wiring::open_vector_store(settings).await?;
         let metadata = wiring::open_metadata(settings).await?;
         let runner: Option<Box<dyn Runner>> = match args.repair {
-            true => Some(Box::new(Publish {
-                publisher: Publisher::connect(&settings.fleet.queue)
-                    .await
-                    .context("connecting to the broker for repair jobs")?,
-            })),
+            true => Some(Box::new(Publish::connect(&settings.fleet.queue).await?)),
             false => None,
         };
         (store, metadata, runner)
@@ -256,6 +252,24 @@ trait Runner: JobRunner {
 /// Fleet: repair jobs go to the work queue (confirmed), for the workers to run.
 struct Publish {
     publisher: Publisher,
+}
+
+impl Publish {
+    /// Declares the topology first (as `sluice enqueue` does), so the jobs have somewhere to go
+    /// even before any worker started.
+    async fn connect(settings: &QueueSettings) -> anyhow::Result<Self> {
+        let connection = queue::connect(settings)
+            .await
+            .context("connecting to the broker for repair jobs")?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        queue::declare_topology(&channel, settings).await?;
+        Ok(Publish {
+            publisher: Publisher::connect(settings).await?,
+        })
+    }
 }
 
 #[async_trait]
