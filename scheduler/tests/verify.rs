@@ -415,10 +415,8 @@ fn the_metrics_of_a_run_are_pushed_to_the_pushgateway() {
 /// anything itself: it publishes a forced index job for the workers.
 #[test]
 fn fleet_repair_publishes_a_reindex_job_to_the_work_queue() {
-    use lapin::options::{BasicAckOptions, BasicGetOptions};
     use sluice_shared::config::{Loader, Settings};
-    use sluice_shared::job::{Job, JobSpec};
-    use sluice_shared::queue;
+    use sluice_shared::job::JobSpec;
     use sluice_shared::store::qdrant::QdrantStore;
 
     let servers = Servers::start();
@@ -431,12 +429,6 @@ fn fleet_repair_publishes_a_reindex_job_to_the_work_queue() {
         .set("SLUICE_QUEUE_PREFIX", prefix);
     let env: HashMap<String, String> = ws.env.iter().cloned().collect();
     let settings = Settings::from_loader(&Loader::from_parts(env, None).unwrap()).unwrap();
-    struct Topology(queue::QueueSettings);
-    impl Drop for Topology {
-        fn drop(&mut self) {
-            sluice_shared::testing::delete_topology(&self.0);
-        }
-    }
     let _cleanup = Topology(settings.fleet.queue.clone());
 
     copy_examples(&ws);
@@ -473,31 +465,7 @@ fn fleet_repair_publishes_a_reindex_job_to_the_work_queue() {
         Some(settings.fleet.queue.work_queue.as_str())
     );
 
-    let jobs: Vec<Job> = servers.rt.block_on(async {
-        let conn = queue::connect(&settings.fleet.queue)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("RabbitMQ is not reachable ({e}); start it with `rabbitmq-server -detached`")
-            });
-        let channel = conn.create_channel().await.unwrap();
-        let mut jobs = Vec::new();
-        while let Some(message) = channel
-            .basic_get(
-                settings.fleet.queue.work_queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-            .unwrap()
-        {
-            jobs.push(Job::parse(&message.delivery.data).unwrap());
-            message
-                .delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-        }
-        jobs
-    });
+    let jobs = drain_work_queue(&settings.fleet.queue);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let JobSpec::Index(index) = &jobs[0].spec else {
         panic!("{jobs:?}")
