@@ -57,6 +57,9 @@ install_s3s_fs() {
 
 ensure_postgres
 ensure_rabbitmq
+# deploy/: render, schemas, promtool, hadolint, compose, workflow (also installs the kubectl that
+# loadtests' deploy_manifests test renders the overlays with). Fails the run on any finding.
+scripts/deploy-checks.sh
 
 output=$(mktemp)
 trap 'rm -f "$output"' EXIT

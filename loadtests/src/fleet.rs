@@ -1,5 +1,5 @@
-//! Test rig for the fleet: an isolated fleet (own queue names, database, Qdrant stand-in and
-//! collection) running the real `sluice-worker` and `sluice` binaries. Used by the integration
+//! Test rig for the fleet: an isolated fleet (own queue names, database, Qdrant — the real server
+//! where it exists, else the stand-in, see [`crate::qdrant_server`] — and collection) running the real `sluice-worker` and `sluice` binaries. Used by the integration
 //! tests of `worker/` and `scheduler/`; the binaries are the ones `cargo test --workspace` built
 //! next to the test executable.
 
@@ -18,7 +18,9 @@ use sluice_shared::store::VectorStore;
 use sluice_shared::store::qdrant::QdrantStore;
 use sluice_shared::testing::{TestDatabase, delete_topology};
 
-/// One isolated fleet: queues, database, stand-in, collection, and the environment to run with.
+use crate::qdrant_server::{Backend, TestQdrant, test_qdrant};
+
+/// One isolated fleet: queues, database, Qdrant, collection, and the environment to run with.
 pub struct Fleet {
     pub env: HashMap<String, String>,
     pub settings: Settings,
@@ -26,25 +28,24 @@ pub struct Fleet {
     pub qdrant_url: String,
     pub docs: tempfile::TempDir,
     workers_started: AtomicUsize,
-    standin: Option<crate::standin::StandinHandle>,
-    // Declared after `standin` is shut down by `finish`, so its shards flush before the folder goes.
-    _standin_dir: tempfile::TempDir,
+    qdrant: Option<TestQdrant>,
 }
 
 impl Fleet {
     pub async fn new() -> Self {
         let db = TestDatabase::create().await;
-        let standin_dir = tempfile::tempdir().unwrap();
-        let (addr, standin) = crate::standin::spawn(standin_dir.path())
-            .await
-            .expect("start qdrant-standin");
+        let qdrant = test_qdrant().await;
+        let qdrant_url = qdrant.url();
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let port = free_port();
+        let docs = tempfile::tempdir().unwrap();
         let env: HashMap<String, String> = [
+            // Workers read only what the tests write into `docs` (SLUICE_WATCH adds more).
+            ("SLUICE_ALLOWED_SOURCES", docs.path().display().to_string()),
             ("SLUICE_QUEUE_PREFIX", prefix.clone()),
             ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "1,2".into()),
             ("SLUICE_DATABASE_URL", db.url.clone()),
-            ("SLUICE_QDRANT_URL", format!("http://{addr}")),
+            ("SLUICE_QDRANT_URL", qdrant_url.clone()),
             ("SLUICE_COLLECTION", "fleet".into()),
             ("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{port}")),
             ("SLUICE_MAX_ATTEMPTS", "2".into()),
@@ -64,11 +65,10 @@ impl Fleet {
             env,
             settings,
             db,
-            qdrant_url: format!("http://{addr}"),
-            docs: tempfile::tempdir().unwrap(),
+            qdrant_url,
+            docs,
             workers_started: AtomicUsize::new(0),
-            standin: Some(standin),
-            _standin_dir: standin_dir,
+            qdrant: Some(qdrant),
         }
     }
 
@@ -102,11 +102,16 @@ impl Fleet {
         cmd
     }
 
-    /// Stops the stand-in cleanly (its shards flush into a folder that still exists). Call at
-    /// the end of a test.
+    /// Which Qdrant this fleet runs against.
+    pub fn qdrant_backend(&self) -> Backend {
+        self.qdrant.as_ref().expect("running").backend()
+    }
+
+    /// Stops Qdrant cleanly (the stand-in's shards flush into a folder that still exists). Call
+    /// at the end of a test.
     pub async fn finish(mut self) {
-        if let Some(standin) = self.standin.take() {
-            standin.shutdown().await.expect("stand-in shut down");
+        if let Some(qdrant) = self.qdrant.take() {
+            qdrant.shutdown().await.expect("test Qdrant shut down");
         }
     }
 

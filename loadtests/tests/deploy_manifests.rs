@@ -1,11 +1,14 @@
 //! Consistency of `deploy/` with the code: the compose file, the Kubernetes/KEDA manifests, the alert
 //! rules and the dashboard must name metrics the binaries emit and settings they read, and the
 //! shutdown timings must let a worker stopped by scale-down hand its jobs back before it is killed.
-//! Nothing here needs a broker or a cluster: it parses every YAML/JSON file under `deploy/` and the
-//! Rust sources of `shared/`, `worker/` and `scheduler/`.
+//! Nothing here needs a broker or a cluster: it parses every YAML/JSON file under `deploy/`, the
+//! objects every Kustomize overlay renders to (`kubectl kustomize`; scripts/deploy-checks.sh
+//! installs kubectl) and the Rust sources of `shared/`, `worker/` and `scheduler/`.
 
 #[path = "deploy_manifests/cluster.rs"]
 mod cluster;
+#[path = "deploy_manifests/platform.rs"]
+mod platform;
 #[path = "deploy_manifests/scan.rs"]
 mod scan;
 
@@ -156,7 +159,13 @@ fn the_metric_check_rejects_what_prometheus_would_not_find() {
 
 #[test]
 fn deploy_sets_only_settings_the_binaries_read() {
-    let known = known_settings(&rust_sources());
+    let mut known = known_settings(&rust_sources());
+    // Settings whose code lands from parallel branches in the same merge (the lead deletes this
+    // list once they are in): SLUICE_ALLOWED_SOURCES (allowed source roots),
+    // SLUICE_METRICS_PUSHGATEWAY (`sluice verify` metrics).
+    for pending in ["SLUICE_ALLOWED_SOURCES", "SLUICE_METRICS_PUSHGATEWAY"] {
+        known.insert(pending.to_string());
+    }
     for must in [
         "SLUICE_AMQP_URL_FILE",
         "SLUICE_SHUTDOWN_DEADLINE_SECS",
@@ -192,168 +201,230 @@ fn deploy_sets_only_settings_the_binaries_read() {
 
 #[test]
 fn kubernetes_workers_drain_before_they_are_killed_and_probe_the_right_port() {
-    let cluster = Cluster::load();
-    let workers = cluster.containers_running("sluice-worker");
-    let schedulers = cluster.containers_running("serve");
-    assert!(
-        !workers.is_empty() && !schedulers.is_empty(),
-        "no worker or scheduler Deployment in deploy/k8s"
-    );
     let mut errors = Vec::new();
-    for (name, pod, c) in &workers {
-        let env = cluster.env(c);
-        let grace = pod["terminationGracePeriodSeconds"]
-            .as_f64()
-            .unwrap_or(30.0);
-        check_grace(&format!("Deployment {name}"), grace, &env, &mut errors);
-        let port = listen_port(&env, "SLUICE_HTTP_LISTEN", 9090);
-        check_container(
-            &format!("Deployment {name}"),
-            pod,
-            c,
-            &env,
-            port,
-            &mut errors,
+    for cluster in Cluster::all() {
+        let workers = cluster.containers_running("sluice-worker");
+        let schedulers = cluster.containers_running("serve");
+        assert!(
+            !workers.is_empty() && !schedulers.is_empty(),
+            "no worker or scheduler Deployment in overlay {}",
+            cluster.overlay
         );
-    }
-    for (name, pod, c) in &schedulers {
-        let env = cluster.env(c);
-        let port = listen_port(&env, "SLUICE_API_LISTEN", 8080);
-        check_container(
-            &format!("Deployment {name}"),
-            pod,
-            c,
-            &env,
-            port,
-            &mut errors,
-        );
+        for (name, pod, c) in &workers {
+            let what = format!("{}: Deployment {name}", cluster.overlay);
+            let env = cluster.env(c);
+            let grace = pod["terminationGracePeriodSeconds"]
+                .as_f64()
+                .unwrap_or(30.0);
+            check_grace(&what, grace, &env, &mut errors);
+            let port = listen_port(&env, "SLUICE_HTTP_LISTEN", 9090);
+            check_container(&what, pod, c, &env, port, &mut errors);
+        }
+        for (name, pod, c) in &schedulers {
+            let env = cluster.env(c);
+            let port = listen_port(&env, "SLUICE_API_LISTEN", 8080);
+            let what = format!("{}: Deployment {name}", cluster.overlay);
+            check_container(&what, pod, c, &env, port, &mut errors);
+        }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
+/// The number in a KEDA string parameter.
+fn keda_number(metadata: &Value, key: &str) -> f64 {
+    metadata[key]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("trigger {key} as a numeric string: {metadata:?}"))
+}
+
 #[test]
-fn keda_scales_workers_on_the_work_queue_through_the_management_api() {
-    let cluster = Cluster::load();
-    let workers = cluster.containers_running("sluice-worker");
-    let worker_names: BTreeSet<_> = workers.iter().map(|(n, _, _)| n.clone()).collect();
-    let env = cluster.env(workers.first().expect("a worker Deployment").2);
-    let prefix = env
-        .get("SLUICE_QUEUE_PREFIX")
-        .map_or("sluice", String::as_str);
-    let prefetch = num(&env, "SLUICE_PREFETCH", 16.0);
-    let auths = cluster.names("TriggerAuthentication");
-    let scaled: Vec<_> = cluster.of_kind("ScaledObject").collect();
-    assert!(!scaled.is_empty(), "deploy/k8s has no KEDA ScaledObject");
-    for so in scaled {
-        let spec = &so["spec"];
-        let target = spec["scaleTargetRef"]["name"].as_str().unwrap_or_default();
-        assert!(
-            worker_names.contains(target),
-            "ScaledObject targets {target}, not a worker Deployment"
-        );
-        let (min, max) = (
-            spec["minReplicaCount"].as_u64(),
-            spec["maxReplicaCount"].as_u64(),
-        );
-        assert!(
-            matches!((min, max), (Some(lo), Some(hi)) if hi >= 1 && lo <= hi),
-            "min/max replicas: {min:?}/{max:?}"
-        );
-        let triggers = spec["triggers"]
-            .as_sequence()
-            .expect("ScaledObject triggers");
-        let t = triggers
-            .iter()
-            .find(|t| t["type"].as_str() == Some("rabbitmq"))
-            .expect("a rabbitmq trigger");
-        let m = &t["metadata"];
+fn keda_targets_one_prefetch_per_worker_with_a_fallback() {
+    let mut saw_prometheus = false;
+    for cluster in Cluster::all() {
+        let overlay = &cluster.overlay;
+        let workers = cluster.containers_running("sluice-worker");
+        let worker_names: BTreeSet<_> = workers.iter().map(|(n, _, _)| n.clone()).collect();
+        let env = cluster.env(workers.first().expect("a worker Deployment").2);
+        let prefix = env
+            .get("SLUICE_QUEUE_PREFIX")
+            .map_or("sluice", String::as_str);
+        let queue = format!("{prefix}.jobs");
+        let prefetch = num(&env, "SLUICE_PREFETCH", 16.0);
+        let scaled: Vec<_> = cluster.of_kind("ScaledObject").collect();
+        assert!(!scaled.is_empty(), "{overlay}: no KEDA ScaledObject");
+        for so in scaled {
+            let spec = &so["spec"];
+            let target = spec["scaleTargetRef"]["name"].as_str().unwrap_or_default();
+            assert!(
+                worker_names.contains(target),
+                "{overlay}: ScaledObject targets {target}, not a worker Deployment"
+            );
+            let (min, max) = (
+                spec["minReplicaCount"].as_u64(),
+                spec["maxReplicaCount"].as_u64(),
+            );
+            assert!(
+                matches!((min, max), (Some(lo), Some(hi)) if hi >= 1 && lo <= hi),
+                "{overlay}: min/max replicas: {min:?}/{max:?}"
+            );
+            // At zero replicas an unreadable queue length would otherwise never wake the fleet.
+            let fallback = &spec["fallback"];
+            assert!(
+                fallback["failureThreshold"].as_u64() >= Some(1)
+                    && fallback["replicas"].as_u64() >= Some(1),
+                "{overlay}: ScaledObject needs a fallback with at least one replica: {fallback:?}"
+            );
+            let triggers = spec["triggers"]
+                .as_sequence()
+                .expect("ScaledObject triggers");
+            assert_eq!(
+                triggers.len(),
+                1,
+                "{overlay}: one trigger on the work queue"
+            );
+            let t = &triggers[0];
+            let m = &t["metadata"];
+            match t["type"].as_str() {
+                Some("rabbitmq") => {
+                    assert_eq!(
+                        m["protocol"].as_str(),
+                        Some("http"),
+                        "{overlay}: only the management API counts unacked (in-flight) messages; \
+                         AMQP would scale busy workers away"
+                    );
+                    assert_eq!(m["mode"].as_str(), Some("QueueLength"));
+                    assert_eq!(m["queueName"].as_str(), Some(queue.as_str()), "{overlay}");
+                    assert_eq!(
+                        keda_number(m, "value"),
+                        prefetch,
+                        "{overlay}: messages per replica must equal SLUICE_PREFETCH: more keeps \
+                         only part of a busy fleet, less starves workers"
+                    );
+                    assert!(m["activationValue"].as_str().is_some(), "{overlay}");
+                    let auth = t["authenticationRef"]["name"].as_str().unwrap_or_default();
+                    let ta = cluster
+                        .of_kind("TriggerAuthentication")
+                        .find(|a| a["metadata"]["name"].as_str() == Some(auth))
+                        .unwrap_or_else(|| panic!("{overlay}: no TriggerAuthentication {auth}"));
+                    let params: BTreeSet<_> = ta["spec"]["secretTargetRef"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["parameter"].as_str())
+                        .collect();
+                    assert!(
+                        params.contains("username") && params.contains("password"),
+                        "{overlay}: credentials as separate parameters, not inside the URL: {params:?}"
+                    );
+                }
+                Some("prometheus") => {
+                    saw_prometheus = true;
+                    let query = m["query"].as_str().unwrap_or_default();
+                    assert!(
+                        query.contains("rabbitmq_queue_messages{")
+                            && query.contains(&format!("queue=\"{queue}\"")),
+                        "{overlay}: the Prometheus trigger must read rabbitmq_queue_messages \
+                         (ready + unacked) of {queue}: {query}"
+                    );
+                    assert_eq!(keda_number(m, "threshold"), prefetch, "{overlay}");
+                    assert!(m["activationThreshold"].as_str().is_some(), "{overlay}");
+                }
+                other => panic!("{overlay}: unexpected trigger {other:?}"),
+            }
+        }
+    }
+    assert!(
+        saw_prometheus,
+        "no overlay uses the Prometheus trigger (components/keda-prometheus), the RabbitMQ 4 choice"
+    );
+}
+
+/// The YAML files directly in `dir`, except the kustomization itself.
+fn manifests_in(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect()
+}
+
+fn listed(kustomization: &std::path::Path, key: &str) -> BTreeSet<String> {
+    let k: Value = serde_yaml::from_str(&read(kustomization)).expect("kustomization");
+    k[key]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn kustomizations_list_every_manifest_and_the_operator_rules_match_the_plain_ones() {
+    let k8s = repo().join("deploy/k8s");
+    let base = listed(&k8s.join("base/kustomization.yaml"), "resources");
+    let files = manifests_in(&k8s.join("base"));
+    assert_eq!(
+        base.iter()
+            .filter(|r| r.ends_with(".yaml"))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        files,
+        "base/kustomization.yaml resources vs files in deploy/k8s/base"
+    );
+    let mut used_components = BTreeSet::new();
+    for overlay in cluster::overlay_dirs() {
+        for c in listed(&overlay.join("kustomization.yaml"), "components") {
+            used_components.insert(c.rsplit('/').next().unwrap_or_default().to_string());
+        }
+    }
+    for entry in std::fs::read_dir(k8s.join("components")).expect("components/") {
+        let dir = entry.expect("entry").path();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string();
+        let resources = listed(&dir.join("kustomization.yaml"), "resources");
         assert_eq!(
-            m["protocol"].as_str(),
-            Some("http"),
-            "only the management API counts unacked (in-flight) messages; AMQP would scale busy workers away"
+            resources,
+            manifests_in(&dir),
+            "components/{name}/kustomization.yaml resources vs its files"
         );
-        assert_eq!(m["mode"].as_str(), Some("QueueLength"));
+        assert!(
+            used_components.contains(&name),
+            "components/{name} is used by no overlay, so nothing renders or validates it"
+        );
+    }
+
+    let plain: Value =
+        serde_yaml::from_str(&read(&repo().join("deploy/monitoring/alerts.rules.yaml"))).unwrap();
+    for cluster in Cluster::all() {
+        let rule = cluster
+            .of_kind("PrometheusRule")
+            .next()
+            .expect("a PrometheusRule");
         assert_eq!(
-            m["queueName"].as_str(),
-            Some(format!("{prefix}.jobs").as_str()),
-            "queueName vs SLUICE_QUEUE_PREFIX"
-        );
-        let value: f64 = m["value"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .expect("trigger value as a string");
-        assert!(
-            value >= prefetch,
-            "value {value} per replica is below SLUICE_PREFETCH={prefetch}"
-        );
-        assert!(
-            m["activationValue"].as_str().is_some(),
-            "activationValue missing"
-        );
-        let auth = t["authenticationRef"]["name"].as_str().unwrap_or_default();
-        assert!(
-            auths.contains(auth),
-            "authenticationRef {auth} is not a TriggerAuthentication in deploy/k8s"
+            rule["spec"]["groups"], plain["groups"],
+            "{}: base/prometheusrule.yaml differs from monitoring/alerts.rules.yaml",
+            cluster.overlay
         );
     }
 }
 
-#[test]
-fn kustomization_lists_every_manifest_and_the_operator_rules_match_the_plain_ones() {
-    let k8s = repo().join("deploy/k8s");
-    let kustomization: Value =
-        serde_yaml::from_str(&read(&k8s.join("kustomization.yaml"))).expect("kustomization");
-    let listed: BTreeSet<String> = kustomization["resources"]
-        .as_sequence()
-        .expect("resources")
-        .iter()
-        .filter_map(|r| r.as_str().map(str::to_string))
-        .collect();
-    let present: BTreeSet<String> = files_under(&k8s)
-        .iter()
-        .filter(|p| has_ext(p, &["yaml"]))
-        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
-        .filter(|n| n != "kustomization.yaml" && !n.ends_with(".example.yaml"))
-        .collect();
-    assert_eq!(
-        listed, present,
-        "kustomization.yaml resources vs files in deploy/k8s"
-    );
-
-    let operator = Cluster::load();
-    let rule = operator
-        .of_kind("PrometheusRule")
-        .next()
-        .expect("a PrometheusRule");
-    let plain: Value =
-        serde_yaml::from_str(&read(&repo().join("deploy/monitoring/alerts.rules.yaml"))).unwrap();
-    let rules = |groups: &Value| -> Vec<Value> {
-        let groups = groups.as_sequence().expect("rule groups");
-        groups
-            .iter()
-            .flat_map(|g| g["rules"].as_sequence().cloned().unwrap_or_default())
-            .collect()
-    };
-    let (operator_rules, plain_rules) = (rules(&rule["spec"]["groups"]), rules(&plain["groups"]));
-    for (a, b) in operator_rules.iter().zip(&plain_rules) {
-        assert_eq!(
-            a, b,
-            "k8s/prometheusrule.yaml differs from monitoring/alerts.rules.yaml"
-        );
-    }
-    assert_eq!(
-        rule["spec"]["groups"], plain["groups"],
-        "k8s/prometheusrule.yaml and monitoring/alerts.rules.yaml have different groups or rule counts"
-    );
+/// deploy/compose.yaml with its `<<` merge keys applied.
+fn compose() -> Value {
+    let path = repo().join("deploy/compose.yaml");
+    yaml_docs(&repo().join("deploy"))
+        .into_iter()
+        .find(|(p, _)| *p == path)
+        .expect("deploy/compose.yaml")
+        .1
 }
 
 #[test]
 fn compose_workers_drain_before_they_are_killed_and_secrets_are_files() {
-    let path = repo().join("deploy/compose.yaml");
-    let (_, compose) = yaml_docs(&repo().join("deploy"))
-        .into_iter()
-        .find(|(p, _)| *p == path)
-        .expect("deploy/compose.yaml");
+    let compose = compose();
     let services = compose["services"].as_mapping().expect("services");
     let declared: BTreeSet<_> = compose["secrets"]
         .as_mapping()
@@ -426,4 +497,68 @@ fn compose_workers_drain_before_they_are_killed_and_secrets_are_files() {
     );
     assert!(errors.is_empty(), "{}", errors.join("\n"));
     assert_eq!(compose_duration("5m30s"), 330.0);
+}
+
+#[test]
+fn compose_indexes_a_file_dropped_into_the_bucket_within_limits_and_without_plain_passwords() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let mut errors = Vec::new();
+    for (name, svc) in services {
+        let name = name.as_str().unwrap_or("?");
+        if svc["deploy"]["resources"]["limits"]["memory"].is_null() {
+            errors.push(format!("service {name} has no memory limit"));
+        }
+        for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
+            let k = k.as_str().unwrap_or_default();
+            let secretish = ["PASSWORD", "SECRET", "_KEY", "_PASS"]
+                .iter()
+                .any(|w| k.contains(w));
+            if secretish && !k.ends_with("_FILE") && !k.ends_with("_ID") && !v.is_null() {
+                errors.push(format!("service {name}: {k} is a secret in plain text"));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+
+    // The bucket notification path: MinIO's AMQP target publishes to an exchange that RabbitMQ's
+    // definitions bind to the queue the scheduler consumes.
+    let setup = services
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("minio-setup"))
+        .map(|(_, v)| v)
+        .expect("a minio-setup service");
+    let script = setup["command"][0].as_str().unwrap_or_default();
+    let exchange = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("exchange="))
+        .expect("MinIO's AMQP target names an exchange");
+    assert!(
+        script.contains("mc event add") && script.contains("arn:minio:sqs::sluice:amqp"),
+        "minio-setup must subscribe the bucket to the AMQP target"
+    );
+    let scheduler = &compose["services"]["scheduler"];
+    let queue = scheduler["environment"]["SLUICE_S3_EVENTS_QUEUE"]
+        .as_str()
+        .expect("the scheduler consumes S3 events");
+    let definitions: serde_json::Value = serde_json::from_str(&read(
+        &repo().join("deploy/secrets/rabbitmq-definitions.json"),
+    ))
+    .expect("definitions JSON");
+    let bound = definitions["bindings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|b| b["source"] == exchange && b["destination"] == queue);
+    assert!(
+        bound,
+        "no binding from {exchange} to {queue} in the RabbitMQ definitions"
+    );
+    let allowed = scheduler["environment"]["SLUICE_ALLOWED_SOURCES"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        allowed.contains("s3://docs/"),
+        "SLUICE_ALLOWED_SOURCES must allow the bucket: {allowed}"
+    );
 }

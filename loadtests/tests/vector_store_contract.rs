@@ -1,13 +1,17 @@
 //! The `VectorStore` contract: one set of cases, run against the embedded `EdgeStore` (temporary
-//! directory) and against `QdrantStore` talking gRPC to the real `qdrant-standin` binary (own port,
-//! own directory). Both must behave identically, because the pipeline's idempotency rules
-//! (versioned point IDs, write-new-then-delete-old) rely on every case here.
+//! directory) and against `QdrantStore` talking gRPC to a Qdrant of its own — the real server where
+//! `../shared/bin/qdrant` (or `SLUICE_TEST_QDRANT_BIN`) exists, else the stand-in; force one with
+//! `SLUICE_TEST_QDRANT=standin|real` (see `sluice_loadtests::qdrant_server`). All must behave
+//! identically, because the pipeline's idempotency rules (versioned point IDs,
+//! write-new-then-delete-old) rely on every case here. The stand-in's own properties (durability
+//! under SIGKILL, background optimization) are tested against the stand-in binary below.
 
 #[allow(dead_code)]
 mod common;
 
 use std::time::Duration;
 
+use sluice_loadtests::qdrant_server::{Backend, test_qdrant};
 use sluice_shared::model::{ChunkPayload, Point, SearchHit, SparseVector, Vectors};
 use sluice_shared::secret::Secret;
 use sluice_shared::store::edge::EdgeStore;
@@ -32,11 +36,11 @@ async fn edge_harness() -> Harness {
 }
 
 async fn qdrant_harness() -> Harness {
-    let standin = common::standin::start_standin().await;
-    let store = QdrantStore::connect(&standin.url, None).unwrap();
+    let qdrant = test_qdrant().await;
+    let store = QdrantStore::connect(&qdrant.url(), None).unwrap();
     Harness {
         store: Box::new(store),
-        _guard: Box::new(standin),
+        _guard: Box::new(qdrant),
     }
 }
 
@@ -588,7 +592,7 @@ macro_rules! contract {
                 super::cases::$case(&*h.store).await;
             })*
         }
-        mod qdrant_store_via_standin {
+        mod qdrant_store {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let h = super::qdrant_harness().await;
@@ -695,9 +699,18 @@ async fn qdrant_store_reports_unreachable_server_as_unavailable_without_the_key(
         store.health_check().await,
         Err(StoreError::Unavailable(_))
     ));
-    let standin = common::standin::start_standin().await;
-    let store = QdrantStore::connect(&standin.url, Some(Secret::new("sk-do-not-leak"))).unwrap();
-    assert_eq!(store.health_check().await.unwrap(), "1.20.0");
+    let qdrant = test_qdrant().await;
+    let store = QdrantStore::connect(&qdrant.url(), Some(Secret::new("sk-do-not-leak"))).unwrap();
+    let version = store.health_check().await.unwrap();
+    match qdrant.backend() {
+        // Whatever server SLUICE_TEST_QDRANT_BIN names: a release version.
+        Backend::Server => assert!(
+            version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+            "{version}"
+        ),
+        // The stand-in reports the qdrant-client version it was built against.
+        Backend::Standin => assert_eq!(version, "1.20.0"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

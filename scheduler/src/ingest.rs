@@ -75,7 +75,9 @@ pub async fn run(settings: Settings, args: IngestArgs) -> anyhow::Result<ExitCod
     let concurrency = args.concurrency.unwrap_or(settings.concurrency).max(1);
     let started = Instant::now();
 
-    let source = Source::open(&args.location)?;
+    // The location given on the command line is this run's allow-list: listing never leaves it
+    // (symlinks out of it are skipped) and each read re-checks the file is still inside it.
+    let source = Source::open(&args.location)?.with_read_timeout(settings.read_timeout);
     let objects = source
         .list()
         .await

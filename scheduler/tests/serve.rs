@@ -229,6 +229,47 @@ async fn invalid_jobs_are_refused_with_the_reason_and_never_queued() {
             "{body}: error {error:?} should mention {expected:?}"
         );
     }
+    // Sources outside SLUICE_ALLOWED_SOURCES (the fleet's docs folder): 403, never queued.
+    let docs = url::Url::from_directory_path(fleet.docs.path()).unwrap();
+    for source in [
+        "file:///etc/passwd".to_string(),
+        format!("{docs}../elsewhere/secret.md"),
+        "s3://someone-elses-bucket/payroll.pdf".to_string(),
+    ] {
+        let (status, answer) = post_job(&client, &serve, index_job(&source)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{source} → {answer}");
+        assert_eq!(answer["error_kind"], "forbidden_source", "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("SLUICE_ALLOWED_SOURCES"),
+            "{answer}"
+        );
+    }
+    // Over the caps: metadata (400, naming the setting) and the whole body (413 before parsing).
+    let body = format!(
+        r#"{{"schema_version":1,"kind":"index","source":"{docs}a.md","metadata":{{"x":"{}"}}}}"#,
+        "m".repeat(9 << 10)
+    );
+    let (status, answer) = post_job(&client, &serve, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error_kind"], "job_too_large", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("SLUICE_MAX_METADATA_BYTES"),
+        "{answer}"
+    );
+    let huge = client
+        .post(format!("{}/v1/jobs", serve.url))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 65 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let (status, stats) = get_json(&client, format!("{}/v1/stats", serve.url)).await;
     assert_eq!(status, StatusCode::OK, "{stats}");
     assert_eq!(
@@ -242,10 +283,13 @@ async fn invalid_jobs_are_refused_with_the_reason_and_never_queued() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains(r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 5"#),
-        "{metrics}"
-    );
+    for counted in [
+        r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 6"#,
+        r#"sluice_api_requests_total{route="/v1/jobs",status="403"} 3"#,
+        r#"sluice_api_requests_total{route="/v1/jobs",status="413"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
 
     let (code, stderr) = serve.terminate(Duration::from_secs(30));
     assert_eq!(code, 0, "{stderr}");
@@ -393,7 +437,30 @@ async fn the_api_key_guards_v1_but_not_the_probes_and_is_never_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn serve_watches_the_configured_locations() {
+async fn serve_refuses_to_listen_beyond_loopback_without_a_key() {
+    let fleet = Fleet::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = fleet
+        .sluice()
+        .arg("serve")
+        .env("SLUICE_API_LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sluice serve started without a key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SLUICE_API_KEY") && stderr.contains("SLUICE_API_ALLOW_ANONYMOUS"),
+        "{stderr}"
+    );
+    fleet.finish().await;
+}
+
+/// A fleet whose `sluice serve` polls the folder `inbox` every second.
+async fn fleet_watching_inbox() -> (Fleet, std::path::PathBuf) {
     let mut fleet = Fleet::new().await;
     let watched = fleet.docs.path().join("inbox");
     std::fs::create_dir(&watched).unwrap();
@@ -403,12 +470,14 @@ async fn serve_watches_the_configured_locations() {
     fleet
         .env
         .insert("SLUICE_WATCH_INTERVAL_SECS".into(), "1".into());
-    let serve = Serve::start(&mut fleet).await;
-    let worker = fleet.worker();
+    (fleet, watched)
+}
 
+/// Writes `dropped.md` into the watched folder and waits until a worker indexed it.
+async fn drop_and_wait_indexed(fleet: &Fleet, watched: &std::path::Path, word: &str) {
     std::fs::write(
         watched.join("dropped.md"),
-        format!("# Dropped\n\n{}", paragraphs("kayaks", 12)),
+        format!("# Dropped\n\n{}", paragraphs(word, 12)),
     )
     .unwrap();
     fleet
@@ -416,6 +485,15 @@ async fn serve_watches_the_configured_locations() {
             c.get(&DocStatus::Indexed) == Some(&1)
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_watches_the_configured_locations() {
+    let (mut fleet, watched) = fleet_watching_inbox().await;
+    let serve = Serve::start(&mut fleet).await;
+    let worker = fleet.worker();
+
+    drop_and_wait_indexed(&fleet, &watched, "kayaks").await;
     std::fs::remove_file(watched.join("dropped.md")).unwrap();
     fleet
         .wait_for(Duration::from_secs(60), "the removed file deleted", |c| {
@@ -428,5 +506,62 @@ async fn serve_watches_the_configured_locations() {
     assert_eq!(code, 0, "worker: {stderr}");
     let (code, stderr) = serve.terminate(Duration::from_secs(30));
     assert_eq!(code, 0, "sluice serve exit code; stderr:\n{stderr}");
+    fleet.finish().await;
+}
+
+/// SLUICE_SERVE_ROLE splits one `sluice serve` into an API (many replicas) and a watcher (exactly
+/// one): `watch` polls and keeps the probes but serves no `/v1` API; `api` serves the API and
+/// leaves the watched folder alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_roles_split_the_api_from_the_watchers() {
+    let (mut fleet, watched) = fleet_watching_inbox().await;
+    fleet.env.insert("SLUICE_SERVE_ROLE".into(), "api".into());
+    let api = Serve::start(&mut fleet).await;
+    fleet.env.insert("SLUICE_SERVE_ROLE".into(), "watch".into());
+    let watch = Serve::start(&mut fleet).await;
+    let client = reqwest::Client::new();
+
+    let (status, _) = get_json(&client, format!("{}/v1/stats", api.url)).await;
+    assert_eq!(status, StatusCode::OK, "the api role serves /v1");
+    let status = client
+        .get(format!("{}/v1/stats", watch.url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the watch role has no /v1 API"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", watch.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK, "both roles keep /metrics");
+
+    let worker = fleet.worker();
+    drop_and_wait_indexed(&fleet, &watched, "canoes").await;
+    // Only the watch process listed the folder: the api process published nothing from it.
+    let api_metrics = client
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !api_metrics.contains("sluice_watch_objects_total{"),
+        "the api role must not run the watchers:\n{api_metrics}"
+    );
+
+    let (code, stderr) = stop(worker, Duration::from_secs(30));
+    assert_eq!(code, 0, "worker: {stderr}");
+    for serve in [api, watch] {
+        let (code, stderr) = serve.terminate(Duration::from_secs(30));
+        assert_eq!(code, 0, "sluice serve exit code; stderr:\n{stderr}");
+    }
     fleet.finish().await;
 }

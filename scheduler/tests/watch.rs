@@ -279,6 +279,9 @@ async fn watches_an_s3_bucket() {
         .env
         .insert("SLUICE_WATCH_INTERVAL_SECS".into(), "1".into());
     fleet.env.extend(s3.env());
+    // The workers may read the watched prefix.
+    let allowed = format!("{},s3://handbook/policies/", fleet.docs.path().display());
+    fleet.env.insert("SLUICE_ALLOWED_SOURCES".into(), allowed);
     let bucket = s3.root.path().join("handbook");
     let dir = bucket.join("policies");
     std::fs::create_dir_all(&dir).unwrap();

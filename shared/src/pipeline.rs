@@ -337,8 +337,8 @@ impl Pipeline {
                 .await
                 .map_err(|e| internal(job, e))?
         };
-        let requested = Instant::now();
-        match self.claim(job, &hash).await? {
+        let (claimed, requested) = self.claim(job, &hash).await?;
+        match claimed {
             BeginOutcome::Unchanged { version } => Ok(Outcome::Unchanged { version }),
             BeginOutcome::Busy { until } => Err(PipelineError::Busy {
                 doc_id: job.doc_id.clone(),
@@ -557,8 +557,13 @@ impl Pipeline {
         }
     }
 
-    /// `begin`, waiting out other runs' leases when configured to.
-    async fn claim(&self, job: &DocumentJob, hash: &str) -> Result<BeginOutcome, PipelineError> {
+    /// `begin`, waiting out other runs' leases when configured to. Also returns when the
+    /// deciding request was sent: a lease it granted runs from no earlier than that.
+    async fn claim(
+        &self,
+        job: &DocumentJob,
+        hash: &str,
+    ) -> Result<(BeginOutcome, Instant), PipelineError> {
         let request = BeginRequest {
             collection: job.collection.clone(),
             doc_id: job.doc_id.clone(),
@@ -575,6 +580,7 @@ impl Pipeline {
         let deadline = Instant::now() + self.options.document_timeout + self.options.lease;
         let mut pause = Duration::from_millis(50);
         loop {
+            let sent = Instant::now();
             let outcome = self.metadata.begin(&request).await?;
             match outcome {
                 BeginOutcome::Busy { .. }
@@ -585,7 +591,7 @@ impl Pipeline {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                other => return Ok(other),
+                other => return Ok((other, sent)),
             }
         }
     }

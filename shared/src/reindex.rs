@@ -270,6 +270,41 @@ mod tests {
     }
 
     #[test]
+    fn reindex_jobs_keep_each_documents_tenant_and_metadata() {
+        let now = chrono::Utc::now();
+        let record = DocumentRecord {
+            collection: "kb".into(),
+            doc_id: "hr/leave".into(),
+            source: "s3://handbook/hr/leave.md".into(),
+            tenant: Some("acme".into()),
+            content_hash: Some("h".into()),
+            fingerprint: Some("f".into()),
+            current_version: 3,
+            next_version: 4,
+            published_version: 3,
+            status: crate::metadata::DocStatus::Indexed,
+            chunk_count: 2,
+            tokens: 20,
+            attempts: 1,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            indexed_at: Some(now),
+            lease_until: None,
+            metadata: serde_json::Map::from_iter([("team".to_string(), "hr".into())]),
+        };
+        let job = index_job(&record, false).unwrap();
+        let JobSpec::Index(index) = &job.spec else {
+            panic!("{job:?}")
+        };
+        assert_eq!(index.tenant.as_deref(), Some("acme"));
+        assert_eq!(index.metadata["team"], "hr");
+        let document = index.to_document_job("default", None);
+        assert_eq!(document.metadata, Some(record.metadata.clone()));
+        assert_eq!(document.collection, "kb");
+    }
+
+    #[test]
     fn run_keys_differ_exactly_when_the_arguments_do() {
         let a = RunKey {
             tenant: Some("acme"),

@@ -33,6 +33,18 @@ pub enum WiringError {
     FleetBudget(String),
 }
 
+impl WiringError {
+    /// Whether building again later may succeed (a dependency was unreachable), as opposed to a
+    /// configuration that can never work. Exhaustive on purpose.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WiringError::Store(e) => e.is_retryable(),
+            WiringError::Metadata(e) => e.is_retryable(),
+            WiringError::Embed(_) | WiringError::Chunk(_) | WiringError::FleetBudget(_) => false,
+        }
+    }
+}
+
 pub async fn open_metadata(settings: &Settings) -> Result<Arc<dyn MetadataStore>, WiringError> {
     Ok(match &settings.database_url {
         Some(url) => Arc::new(PostgresStore::connect(url.expose()).await?),
@@ -225,6 +237,7 @@ pub fn extract_settings(settings: &Settings) -> ExtractSettings {
     let mut extract = ExtractSettings::with_defaults();
     extract.pdf_timeout = settings.pdf_timeout;
     extract.pdf_memory_limit = settings.pdf_memory_limit;
+    extract.pdf_children = ExtractSettings::children(settings.pdf_max_children);
     extract
 }
 

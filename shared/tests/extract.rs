@@ -25,6 +25,7 @@ fn settings() -> ExtractSettings {
         pdf_timeout: Duration::from_secs(60),
         pdf_memory_limit: ExtractSettings::DEFAULT_PDF_MEMORY_LIMIT,
         pdf_command: vec![CHILD.into()],
+        pdf_children: ExtractSettings::children(2),
     }
 }
 
@@ -409,5 +410,56 @@ async fn example_corpus_extracts() {
             "solar-eclipse-notes.txt",
             "sourdough-starter.html",
         ]
+    );
+}
+
+/// The child sees none of the worker's environment (cloud keys, database URLs): only its limits.
+#[tokio::test]
+async fn the_pdf_child_runs_with_a_cleared_environment() {
+    let err = extract::extract(
+        "any.pdf",
+        read(&fixtures().join("multipage.pdf")),
+        &faulty("report-env", Duration::from_secs(30)),
+    )
+    .await
+    .unwrap_err();
+    let ExtractError::Crashed { detail, .. } = err else {
+        panic!("{err:?}")
+    };
+    let mut names: Vec<&str> = detail.split(',').collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [pdf::CPU_LIMIT_ENV, pdf::FAULT_ENV, pdf::MEMORY_LIMIT_ENV],
+        "the child's environment"
+    );
+}
+
+/// A child killed from outside (the OOM killer) is started once more before the document is
+/// called crashed; a crash is still a typed error, never this process's death.
+#[tokio::test]
+async fn a_pdf_child_killed_by_a_signal_is_retried_once() {
+    let marks = tempfile::tempdir().unwrap();
+    let fault = format!("sigkill:{}", marks.path().display());
+    let err = extract::extract(
+        "oom.pdf",
+        read(&fixtures().join("multipage.pdf")),
+        &faulty(&fault, Duration::from_secs(30)),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        ExtractError::Crashed { detail, .. } => {
+            assert!(
+                detail.starts_with("killed by signal 9 (SIGKILL)"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected Crashed, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(marks.path()).unwrap().count(),
+        2,
+        "started twice"
     );
 }

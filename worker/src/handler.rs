@@ -1,7 +1,10 @@
 //! What to do with one job: run it through the pipeline and decide how the delivery is settled.
 //! Pure decision-making (no acks here), so the rules read in one place:
 //! - success → ack;
-//! - malformed JSON, unknown schema version or kind, invalid fields → dead-letter at once;
+//! - malformed JSON, unknown schema version or kind, invalid fields, a body or `metadata` over its
+//!   cap → dead-letter at once;
+//! - a source outside `SLUICE_ALLOWED_SOURCES` (or a symlink leading out of it) → dead-letter at
+//!   once with `error_kind=forbidden_source`, before anything is read or recorded;
 //! - a permanent pipeline failure (bad input, missing object) → dead-letter at once (the reason is
 //!   already recorded on the document);
 //! - a transient one (provider 429/5xx, Qdrant or database unavailable) → delayed retry with the
@@ -12,14 +15,17 @@
 //! - abandoned at shutdown → handed back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use sluice_shared::job::{DeleteTarget, IndexJob, Job, JobSpec, ReindexJob};
+use sluice_shared::config::Settings;
+use sluice_shared::job::{DeleteTarget, IndexJob, Job, JobLimits, JobSpec, ReindexJob};
 use sluice_shared::memory::DocumentBudget;
 use sluice_shared::metadata::DocumentCursor;
 use sluice_shared::pipeline::{Dependency, Pipeline, PipelineError};
 use sluice_shared::queue::Publisher;
 use sluice_shared::reindex;
-use sluice_shared::source::Source;
+use sluice_shared::secret::redact;
+use sluice_shared::source::{AllowList, ReadLimits, Source, SourceError};
 
 /// How a delivery is to be settled.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +62,37 @@ pub struct Context {
     /// Source bytes of the documents in flight (`SLUICE_MAX_INFLIGHT_BYTES`).
     pub document_budget: DocumentBudget,
     pub max_attempts: u32,
+    /// What a producer's job may ask of this worker.
+    pub guard: Guard,
+}
+
+/// The bounds on what a job may make a worker do: which sources it may read, how long a read
+/// may take, and how big the message and its metadata may be.
+pub struct Guard {
+    /// `SLUICE_ALLOWED_SOURCES` (and `SLUICE_WATCH`).
+    pub allowed_sources: AllowList,
+    /// `SLUICE_READ_TIMEOUT_SECS`.
+    pub read_timeout: Duration,
+    /// `SLUICE_MAX_JOB_BYTES`, `SLUICE_MAX_METADATA_BYTES`.
+    pub job_limits: JobLimits,
+}
+
+impl Guard {
+    pub fn from_settings(settings: &Settings) -> Self {
+        if settings.allowed_sources.is_empty() {
+            tracing::warn!(
+                "SLUICE_ALLOWED_SOURCES is empty: every index job will be dead-lettered as \
+                 forbidden_source until it names the folders and buckets this worker may read"
+            );
+        } else {
+            tracing::info!(roots = ?settings.allowed_sources.describe(), "allowed sources");
+        }
+        Guard {
+            allowed_sources: settings.allowed_sources.clone(),
+            read_timeout: settings.read_timeout,
+            job_limits: settings.job_limits,
+        }
+    }
 }
 
 /// Documents per page when fanning out a re-index.
@@ -63,13 +100,13 @@ const REINDEX_PAGE: usize = 500;
 
 /// The parsed job (if it parsed) and the decision.
 pub async fn handle(ctx: &Context, body: &[u8], attempt: u32) -> (Option<Job>, Decision) {
-    let job = match Job::parse(body) {
+    let job = match Job::parse_limited(body, &ctx.guard.job_limits) {
         Ok(job) => job,
         Err(e) => {
             return (
                 None,
                 Decision::DeadLetter {
-                    reason: e.to_string(),
+                    reason: redact(&e.to_string()),
                     kind: e.kind(),
                 },
             );
@@ -95,14 +132,27 @@ pub async fn handle(ctx: &Context, body: &[u8], attempt: u32) -> (Option<Job>, D
 
 async fn index_document(ctx: &Context, index: &IndexJob, attempt: u32) -> Decision {
     let job = index.to_document_job(&ctx.default_collection, ctx.default_tenant.as_deref());
+    let limits = ReadLimits {
+        max_size: ctx.max_file_size,
+        timeout: ctx.guard.read_timeout,
+    };
     let (fetched, _reservation) = match Source::read_uri_reserving(
         &job.source,
-        ctx.max_file_size,
+        &ctx.guard.allowed_sources,
+        limits,
         Some(&ctx.document_budget),
     )
     .await
     {
         Ok((bytes, reservation)) => (Ok(bytes), reservation),
+        // Refused before anything was read: nothing is recorded for a document this worker
+        // must not touch (a producer could otherwise fill the metadata store with them).
+        Err(e @ SourceError::Forbidden { .. }) => {
+            return Decision::DeadLetter {
+                reason: e.to_string(),
+                kind: e.kind(),
+            };
+        }
         Err(e) => (Err(e), None),
     };
     on_error(
@@ -172,7 +222,7 @@ async fn fan_out(ctx: &Context, reindex: &ReindexJob, attempt: u32) -> Decision 
         if let Err(e) = reindex::publish_jobs(&ctx.publisher, &jobs).await {
             // Already-published index jobs are harmless to repeat (unchanged documents are
             // skipped), so retrying the whole fan-out is safe.
-            return retry_or_give_up(ctx, attempt, e.to_string(), "publish");
+            return retry_or_give_up(ctx, attempt, redact(&e.to_string()), "publish");
         }
     }
 }
@@ -189,7 +239,7 @@ fn on_error(ctx: &Context, attempt: u32, result: Result<(), PipelineError>) -> D
             reason: e.to_string(),
         },
         Err(e) if e.is_retryable() => {
-            let otherwise = retry_or_give_up(ctx, attempt, e.to_string(), e.kind());
+            let otherwise = retry_or_give_up(ctx, attempt, redact(&e.to_string()), e.kind());
             match e.suspected_outage() {
                 Some(dependency) => Decision::Suspect {
                     dependency,
@@ -199,7 +249,7 @@ fn on_error(ctx: &Context, attempt: u32, result: Result<(), PipelineError>) -> D
             }
         }
         Err(e) => Decision::DeadLetter {
-            reason: e.to_string(),
+            reason: redact(&e.to_string()),
             kind: e.kind(),
         },
     }

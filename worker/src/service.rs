@@ -37,7 +37,10 @@ const ABANDON_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let prometheus = sluice_shared::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let fleet = settings.fleet.clone();
-    let pipeline = Arc::new(wiring::build_pipeline(&settings, false).await?);
+    let Some(pipeline) = build_pipeline_when_reachable(&settings, &shutdown).await? else {
+        return Ok(());
+    };
+    let pipeline = Arc::new(pipeline);
     let connection = Arc::new(queue::connect(&fleet.queue).await?);
     let setup = connection
         .create_channel()
@@ -78,6 +81,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         max_file_size: settings.max_file_size,
         document_budget: DocumentBudget::new(settings.max_inflight_bytes),
         max_attempts: fleet.max_attempts,
+        guard: handler::Guard::from_settings(&settings),
     });
     tracing::info!(queue = %fleet.queue.work_queue, concurrency = fleet.worker_concurrency, "consuming");
 
@@ -171,6 +175,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let _ = ops_task.await;
     tracing::info!("worker stopped");
     outcome
+}
+
+/// The pipeline, once its dependencies answer: a worker started during an outage (a restart, a
+/// scale-up) waits for PostgreSQL instead of exiting, and a crash loop never starts. `None` when
+/// shutdown comes first. Configuration errors are returned at once.
+async fn build_pipeline_when_reachable(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<sluice_shared::pipeline::Pipeline>> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match wiring::build_pipeline(settings, false).await {
+            Ok(pipeline) => return Ok(Some(pipeline)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?pause, "a dependency is unreachable at start-up; waiting for it");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(15));
+    }
 }
 
 /// Collects finished job tasks; a task that panicked outside the job's own code is logged (its

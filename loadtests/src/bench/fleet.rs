@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use sluice_shared::config::{Loader, Settings};
 use sluice_shared::job::{IndexJob, Job, JobSpec};
-use sluice_shared::metadata::{DocStatus, DocumentFilter, MetadataStore, PostgresStore};
+use sluice_shared::metadata::{DocStatus, MetadataStore, PostgresStore};
 use sluice_shared::queue::{self, Publisher, QueueSettings, job_headers};
 
 use super::figures::{Figures, percentile};
@@ -181,6 +181,12 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     ] {
         env.insert(key.into(), value);
     }
+    // The workers may read the corpus (and whatever the caller's own setting adds).
+    let allowed = match env.get("SLUICE_ALLOWED_SOURCES") {
+        Some(more) if !more.is_empty() => format!("{},{more}", corpus_dir.display()),
+        _ => corpus_dir.display().to_string(),
+    };
+    env.insert("SLUICE_ALLOWED_SOURCES".into(), allowed);
     env.extend(options.env.clone());
     let settings = Settings::from_loader(&Loader::from_parts(env.clone(), None)?)
         .context("the workers' settings")?;
@@ -324,31 +330,16 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     // publish carried, so both ends are exact — unlike the workers' histogram buckets.
     let mut latencies = Vec::with_capacity(uris.len());
     let (mut chunks, mut tokens, mut indexed, mut failed) = (0i64, 0i64, 0u64, 0u64);
-    let filter = DocumentFilter {
-        collection: Some(COLLECTION.into()),
-        ..DocumentFilter::default()
-    };
-    let mut cursor = None;
-    loop {
-        let page = metadata
-            .list_documents(&filter, cursor.as_ref(), 1000)
-            .await?;
-        let Some(last) = page.last() else { break };
-        cursor = Some(sluice_shared::metadata::DocumentCursor {
-            collection: last.collection.clone(),
-            doc_id: last.doc_id.clone(),
-        });
-        for doc in &page {
-            match doc.status {
-                DocStatus::Indexed => indexed += 1,
-                DocStatus::Failed => failed += 1,
-                DocStatus::Processing | DocStatus::Deleted => {}
-            }
-            chunks += doc.chunk_count;
-            tokens += doc.tokens;
-            if let (Some(at), Some(enqueued)) = (doc.indexed_at, enqueued.get(&doc.source)) {
-                latencies.push((at.timestamp_micros() - enqueued) as f64 / 1e6);
-            }
+    for doc in crate::chaos::audit::ledger(&metadata, COLLECTION).await? {
+        match doc.status {
+            DocStatus::Indexed => indexed += 1,
+            DocStatus::Failed => failed += 1,
+            DocStatus::Processing | DocStatus::Deleted => {}
+        }
+        chunks += doc.chunk_count;
+        tokens += doc.tokens;
+        if let (Some(at), Some(enqueued)) = (doc.indexed_at, enqueued.get(&doc.source)) {
+            latencies.push((at.timestamp_micros() - enqueued) as f64 / 1e6);
         }
     }
 

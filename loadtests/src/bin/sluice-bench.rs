@@ -2,13 +2,19 @@
 //! (latency, TPM/RPM limits): one `sluice ingest` (`--mode ingest`) or N `sluice-worker`
 //! processes on RabbitMQ and PostgreSQL (`--mode fleet`). Prints documents/s, chunks/s, tokens/s,
 //! the share of the TPM limit used, 429s, enqueue→ack percentiles, peak RSS and CPU per 1,000
-//! chunks; `--json` and `--plot` write the figures and a tokens/s plot.
+//! chunks; `--json` and `--plot` write the figures and a tokens/s plot. `--mode chaos` runs the
+//! fleet under faults (kills, freezes past the lease, outages, provider storms, changes and
+//! deletes) and audits every document afterwards; it exits 1 when anything was lost, doubled,
+//! stale, miscounted or unexpectedly dead-lettered.
 //!
 //! ```sh
 //! cargo build --release --bin sluice --bin sluice-worker --bin sluice-bench --bin sluice-extract-pdf
 //! target/release/sluice-bench --docs 1000 --latency-ms 50
 //! target/release/sluice-bench --mode fleet --workers 4 --docs 5000 --tpm 1000000 --rpm 2000 \
 //!     --latency-ms 300 --json bench.json --plot bench.svg
+//! # the long chaos run (30 s outages, 10 minutes of chaos):
+//! target/release/sluice-bench --mode chaos --workers 3 --docs 500 --chaos-secs 600 \
+//!     --outage-secs 30 --json chaos.json
 //! ```
 
 use std::collections::HashMap;
@@ -19,6 +25,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use sluice_loadtests::bench::figures::Figures;
 use sluice_loadtests::bench::{fleet, ingest, plot};
+use sluice_loadtests::chaos::ChaosOptions;
 use sluice_loadtests::corpus::{CorpusSpec, generate};
 use sluice_loadtests::emulator::{EmulatorConfig, EmulatorHandle};
 
@@ -28,6 +35,8 @@ enum Mode {
     Ingest,
     /// `--workers` `sluice-worker` processes on RabbitMQ, PostgreSQL and a Qdrant stand-in.
     Fleet,
+    /// The fleet under chaos, then an audit of ledger, index and DLQ (see `chaos`).
+    Chaos,
 }
 
 #[derive(Parser)]
@@ -53,9 +62,10 @@ struct Args {
     /// Size of each large PDF, MB.
     #[arg(long, default_value_t = 50)]
     large_pdf_mb: usize,
-    /// Emulator latency per request, milliseconds.
-    #[arg(long, default_value_t = 50)]
-    latency_ms: u64,
+    /// Emulator latency per request, milliseconds (default 50; chaos: 250 plus as much jitter,
+    /// so that work is in flight when faults strike).
+    #[arg(long)]
+    latency_ms: Option<u64>,
     /// Emulator limit: tokens per minute (429 beyond it); none by default.
     #[arg(long)]
     tpm: Option<u64>,
@@ -91,6 +101,27 @@ struct Args {
     /// Write an SVG plot of tokens/s over the run against the TPM limit here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Chaos: seed of the schedule and the corpus.
+    #[arg(long, default_value_t = 9)]
+    seed: u64,
+    /// Chaos: length of the chaos phase, seconds (the drain follows).
+    #[arg(long, default_value_t = 75)]
+    chaos_secs: u64,
+    /// Chaos: how long PostgreSQL and Qdrant are each cut, seconds.
+    #[arg(long, default_value_t = 4)]
+    outage_secs: u64,
+    /// Chaos: the workers' SLUICE_LEASE_SECS (a freeze lasts 1.5 times this).
+    #[arg(long, default_value_t = 6)]
+    lease_secs: u64,
+    /// Chaos: SIGKILL a worker about this often, seconds.
+    #[arg(long, default_value_t = 7)]
+    kill_every_secs: u64,
+    /// Chaos: latency the Qdrant proxy adds to each chunk each way, milliseconds.
+    #[arg(long, default_value_t = 150)]
+    qdrant_latency_ms: u64,
+    /// Chaos: keep the corpus and worker logs in this folder (default: a temporary one).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
@@ -131,8 +162,11 @@ fn main() -> anyhow::Result<()> {
     // Resolve the binaries before spending minutes on a corpus.
     let program = match args.mode {
         Mode::Ingest => binary(&args.sluice, "sluice")?,
-        Mode::Fleet => binary(&args.worker_bin, "sluice-worker")?,
+        Mode::Fleet | Mode::Chaos => binary(&args.worker_bin, "sluice-worker")?,
     };
+    if args.mode == Mode::Chaos {
+        return chaos(&args, program, env);
+    }
 
     let work = tempfile::tempdir()?;
     let corpus_dir = work.path().join("corpus");
@@ -155,7 +189,7 @@ fn main() -> anyhow::Result<()> {
         None
     } else {
         let config = EmulatorConfig {
-            latency: Duration::from_millis(args.latency_ms),
+            latency: Duration::from_millis(args.latency_ms.unwrap_or(50)),
             tokens_per_window: args.tpm,
             requests_per_window: args.rpm,
             rate_window: Duration::from_secs(60),
@@ -185,7 +219,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(c) = args.concurrency {
         let key = match args.mode {
             Mode::Ingest => "SLUICE_CONCURRENCY",
-            Mode::Fleet => "SLUICE_WORKER_CONCURRENCY",
+            Mode::Fleet | Mode::Chaos => "SLUICE_WORKER_CONCURRENCY",
         };
         env.entry(key.into()).or_insert(c.to_string());
     }
@@ -197,6 +231,7 @@ fn main() -> anyhow::Result<()> {
         corpus.bytes as f64 / 1e6
     );
     let (mut figures, started, finished): (Figures, Instant, Instant) = match args.mode {
+        Mode::Chaos => unreachable!("handled above"),
         Mode::Ingest => {
             let out = ingest::run(&program, &corpus_dir, &work.path().join("data"), &env)?;
             (out.figures, out.started, out.finished)
@@ -218,7 +253,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     figures.provider = args.provider.clone();
-    figures.emulator_latency_ms = args.latency_ms;
+    figures.emulator_latency_ms = args.latency_ms.unwrap_or(50);
     figures.tpm_limit = args.tpm;
     figures.rpm_limit = args.rpm;
     figures.documents = corpus.files;
@@ -255,6 +290,50 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(emulator) = emulator {
         rt.block_on(emulator.shutdown())?;
+    }
+    Ok(())
+}
+
+/// `--mode chaos`: run, print the audit, exit 1 unless clean.
+fn chaos(args: &Args, worker_bin: PathBuf, env: HashMap<String, String>) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let mut options = ChaosOptions::short(worker_bin, work_dir.clone());
+    options.workers = args.workers.max(1);
+    options.documents = args.docs;
+    options.doc_bytes = args.doc_bytes;
+    options.bad_files = (args.docs / 25).max(2);
+    options.seed = args.seed;
+    options.intensity.chaos = Duration::from_secs(args.chaos_secs);
+    options.intensity.outage = Duration::from_secs(args.outage_secs);
+    options.intensity.lease = Duration::from_secs(args.lease_secs);
+    options.intensity.kill_every = Duration::from_secs(args.kill_every_secs.max(1));
+    options.intensity.duplicates = args.docs / 5;
+    options.qdrant_latency = Duration::from_millis(args.qdrant_latency_ms);
+    options.intensity.freezes = (args.chaos_secs / 15).max(1) as usize;
+    if let Some(ms) = args.latency_ms {
+        options.latency = Duration::from_millis(ms);
+    }
+    options.drain_timeout = Duration::from_secs(args.timeout_secs.min(3600));
+    if let Some(c) = args.concurrency {
+        options.concurrency = c;
+    }
+    options.env = env;
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(sluice_loadtests::chaos::run(&options))?;
+    print!("{}", report.render());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.work_dir.is_some() {
+        eprintln!("corpus and worker logs kept in {}", work_dir.display());
+    }
+    if !report.clean() {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -61,6 +61,12 @@ impl EmulatorHandle {
         self.state.inject(spec);
     }
 
+    /// Every request for the next `for_` gets `kind` (a 5xx status rotates through 500, 502 and
+    /// 503): a provider outage or a 429 storm of a given length, however many requests arrive.
+    pub fn storm(&self, kind: FaultKind, for_: std::time::Duration) {
+        self.state.storm(kind, for_);
+    }
+
     /// Stops accepting connections, releases hung requests and waits for the server to finish.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();
@@ -138,6 +144,20 @@ mod tests {
             (stats.requests_total, stats.server_errors, stats.succeeded),
             (2, 1, 1)
         );
+        // A storm answers every request until it is over, then the provider recovers.
+        handle.storm(
+            FaultKind::RateLimit {
+                retry_after_secs: Some(1),
+            },
+            std::time::Duration::from_millis(300),
+        );
+        for _ in 0..3 {
+            let r = client.post(&url).json(&body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 429);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let after = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(after.status().as_u16(), 200);
         handle.shutdown().await.unwrap();
         assert!(
             client

@@ -29,6 +29,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct EmulatorState {
     config: EmulatorConfig,
     faults: Mutex<FaultQueue>,
+    /// A storm: every request until the instant gets the fault (a 5xx status rotates through
+    /// 500, 502, 503).
+    storm: Mutex<Option<(Instant, FaultKind)>>,
     window: Mutex<RateWindow>,
     stats: Mutex<Stats>,
     rng: Mutex<StdRng>,
@@ -55,6 +58,7 @@ impl EmulatorState {
         EmulatorState {
             config,
             faults: Mutex::new(faults),
+            storm: Mutex::new(None),
             window: Mutex::new(window),
             stats: Mutex::new(Stats::new()),
             rng: Mutex::new(rng),
@@ -74,11 +78,25 @@ impl EmulatorState {
         lock(&self.stats).record(outcome, inputs, tokens);
     }
 
+    pub(super) fn storm(&self, kind: FaultKind, for_: Duration) {
+        *lock(&self.storm) = Some((Instant::now() + for_, kind));
+    }
+
     fn next_fault(&self) -> Option<FaultKind> {
         if let Some(kind) = lock(&self.faults).next() {
             return Some(kind);
         }
         let mut rng = lock(&self.rng);
+        if let Some((until, kind)) = lock(&self.storm).clone()
+            && Instant::now() < until
+        {
+            return Some(match kind {
+                FaultKind::Status { status } if status >= 500 => FaultKind::Status {
+                    status: [500, 502, 503][rng.random_range(0..3)],
+                },
+                other => other,
+            });
+        }
         if self.config.error_rate > 0.0 && rng.random_bool(self.config.error_rate.min(1.0)) {
             let status = [500, 502, 503][rng.random_range(0..3)];
             return Some(FaultKind::Status { status });

@@ -1,34 +1,118 @@
-//! The Kubernetes objects of `deploy/k8s` and the per-container checks (probes, secret files).
+//! The Kubernetes objects each overlay of `deploy/k8s/overlays` renders to (through `kubectl
+//! kustomize`, exactly what `kubectl apply -k` would send), and the per-container checks (probes,
+//! secret files).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
+use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::scan::{repo, str_of, yaml_docs};
+use super::scan::{repo, str_of};
 
-/// The Kubernetes objects of deploy/k8s by kind.
+/// The objects one overlay renders to.
 pub struct Cluster {
-    pub objects: Vec<(PathBuf, Value)>,
+    pub overlay: String,
+    pub objects: Vec<Value>,
+}
+
+/// `kubectl` (its built-in kustomize renders the overlays): `$SLUICE_KUBECTL`, else the copy that
+/// scripts/deploy-checks.sh installs, else the one on PATH.
+fn kubectl() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_KUBECTL") {
+        return path.into();
+    }
+    let tools = std::env::var_os("SLUICE_DEPLOY_TOOLS").map_or_else(
+        || {
+            Path::new(&std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sluice-deploy-tools")
+        },
+        PathBuf::from,
+    );
+    let installed = tools.join("bin/kubectl");
+    if installed.is_file() {
+        installed
+    } else {
+        "kubectl".into()
+    }
+}
+
+/// Every directory under deploy/k8s/overlays.
+pub fn overlay_dirs() -> Vec<PathBuf> {
+    let dir = repo().join("deploy/k8s/overlays");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.join("kustomization.yaml").is_file())
+        .collect();
+    out.sort();
+    out
 }
 
 impl Cluster {
-    pub fn load() -> Self {
+    /// `kubectl kustomize <dir>`, parsed. Panics (with the way out) when kubectl is missing.
+    pub fn render(dir: &Path) -> Self {
+        let kubectl = kubectl();
+        let output = Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): run scripts/deploy-checks.sh once (it installs kubectl), \
+                     or point SLUICE_KUBECTL at a kubectl",
+                    kubectl.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "kubectl kustomize {} failed:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).expect("kustomize prints UTF-8");
+        let objects = serde_yaml::Deserializer::from_str(&text)
+            .map(|de| Value::deserialize(de).expect("kustomize prints YAML"))
+            .filter(|v| !v.is_null())
+            .collect();
         Cluster {
-            objects: yaml_docs(&repo().join("deploy/k8s")),
+            overlay: dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("?")
+                .to_string(),
+            objects,
         }
     }
+
+    /// Every overlay, rendered once per test process.
+    pub fn all() -> &'static [Cluster] {
+        static ALL: OnceLock<Vec<Cluster>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let dirs = overlay_dirs();
+            assert!(
+                dirs.len() >= 2,
+                "deploy/k8s/overlays should hold dev and prod: {dirs:?}"
+            );
+            dirs.iter().map(|d| Cluster::render(d)).collect()
+        })
+    }
+
+    pub fn get(overlay: &str) -> &'static Cluster {
+        Self::all()
+            .iter()
+            .find(|c| c.overlay == overlay)
+            .unwrap_or_else(|| panic!("no overlay {overlay}"))
+    }
+
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.objects
             .iter()
-            .map(|(_, v)| v)
             .filter(move |v| v["kind"].as_str() == Some(kind))
     }
-    pub fn names(&self, kind: &str) -> BTreeSet<String> {
-        self.of_kind(kind)
-            .filter_map(|v| v["metadata"]["name"].as_str().map(str::to_string))
-            .collect()
-    }
+
     /// The environment a container sees: its ConfigMaps (`envFrom`), then its literal `env`.
     pub fn env(&self, container: &Value) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
@@ -40,7 +124,10 @@ impl Cluster {
                 .of_kind("ConfigMap")
                 .find(|c| c["metadata"]["name"].as_str() == Some(name))
                 .unwrap_or_else(|| {
-                    panic!("envFrom names ConfigMap {name}, which deploy/k8s lacks")
+                    panic!(
+                        "envFrom names ConfigMap {name}, which {} lacks",
+                        self.overlay
+                    )
                 });
             for (k, v) in map["data"].as_mapping().into_iter().flatten() {
                 env.insert(str_of(k).unwrap_or_default(), str_of(v).unwrap_or_default());
@@ -53,6 +140,23 @@ impl Cluster {
         }
         env
     }
+
+    /// ("Kind/name", pod template) of every Deployment, StatefulSet, Job and CronJob.
+    pub fn pod_templates(&self) -> Vec<(String, &Value)> {
+        let mut out = Vec::new();
+        for o in &self.objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let template = match kind {
+                "Deployment" | "StatefulSet" | "Job" => &o["spec"]["template"],
+                "CronJob" => &o["spec"]["jobTemplate"]["spec"]["template"],
+                _ => continue,
+            };
+            let name = o["metadata"]["name"].as_str().unwrap_or("?");
+            out.push((format!("{kind}/{name}"), template));
+        }
+        out
+    }
+
     /// (Deployment name, pod spec, container) of every container running `program`.
     pub fn containers_running<'a>(
         &'a self,
@@ -85,6 +189,58 @@ impl Cluster {
     }
 }
 
+/// Whether `selector` (a `matchLabels` mapping) selects a pod with `labels`.
+pub fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(wanted) = selector.as_mapping() else {
+        return false;
+    };
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Volume name → mount path of a container.
+pub fn mounts(c: &Value) -> BTreeMap<String, String> {
+    c["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some((
+                m["name"].as_str()?.to_string(),
+                m["mountPath"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The files a pod's volumes put at each path: `secret.items` and `projected.sources[].secret.items`.
+pub fn secret_files(pod: &Value, mounts: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    for vol in pod["volumes"].as_sequence().into_iter().flatten() {
+        let Some(dir) = vol["name"].as_str().and_then(|n| mounts.get(n)) else {
+            continue;
+        };
+        let mut item_lists = vec![&vol["secret"]["items"]];
+        for source in vol["projected"]["sources"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            item_lists.push(&source["secret"]["items"]);
+        }
+        for items in item_lists {
+            files.extend(
+                items
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["path"].as_str())
+                    .map(|p| format!("{dir}/{p}")),
+            );
+        }
+    }
+    files
+}
+
 /// Probes hit /readyz and /healthz on the port the binary listens on; secret files are mounted.
 pub fn check_container(
     what: &str,
@@ -114,34 +270,7 @@ pub fn check_container(
             ));
         }
     }
-    let mounts: BTreeMap<String, String> = c["volumeMounts"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            Some((
-                m["name"].as_str()?.to_string(),
-                m["mountPath"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    let mut files = BTreeSet::new();
-    for vol in pod["volumes"].as_sequence().into_iter().flatten() {
-        let (Some(name), Some(items)) =
-            (vol["name"].as_str(), vol["secret"]["items"].as_sequence())
-        else {
-            continue;
-        };
-        let Some(dir) = mounts.get(name) else {
-            continue;
-        };
-        files.extend(
-            items
-                .iter()
-                .filter_map(|i| i["path"].as_str())
-                .map(|p| format!("{dir}/{p}")),
-        );
-    }
+    let files = secret_files(pod, &mounts(c));
     for (name, value) in env
         .iter()
         .filter(|(k, _)| k.starts_with("SLUICE_") && k.ends_with("_FILE"))

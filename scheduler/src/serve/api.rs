@@ -1,8 +1,10 @@
 //! The scheduler's HTTP API (`/v1/...`): accept jobs, show a document, show fleet statistics.
 //!
 //! ```text
-//!  POST /v1/jobs ──► Job::parse ──► publish (confirmed) ──► 202 {job_id, kind}
-//!                        └─ invalid ─► 400 {error}            └─ not confirmed ─► 503 {error}
+//!  POST /v1/jobs ──► Job::parse_limited ──► allow-list ──► publish (confirmed) ──► 202 {job_id, kind}
+//!                        └─ invalid / too large ─► 400 {error, error_kind}
+//!                                          └─ outside SLUICE_ALLOWED_SOURCES ─► 403 {error, error_kind: forbidden_source}
+//!                                                               └─ not confirmed ─► 503 {error}
 //!  GET /v1/documents/{id}?collection= ──► metadata store ──► 200 | 404
 //!  GET /v1/stats?collection=          ──► queue depths (probe) + metadata stats
 //! ```
@@ -11,8 +13,14 @@
 //! oversized body or an unparsable query string). When an API key is configured, every `/v1`
 //! route requires it; the ops routes (`/healthz`, `/readyz`, `/metrics`) are merged in by the
 //! caller and stay open.
+//!
+//! Every request (probes included) runs under `SLUICE_API_TIMEOUT_SECS` and at most
+//! `SLUICE_API_MAX_CONCURRENT_REQUESTS` run at once ([`with_limits`]). A 503 names the
+//! dependency that failed (`{"error": .., "dependency": "broker"}`); its internal message goes to
+//! the log, not to the client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -24,18 +32,15 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
-use sluice_shared::job::Job;
+use sluice_shared::job::{Job, JobLimits, JobSpec};
 use sluice_shared::metadata::MetadataStore;
 use sluice_shared::metrics::{API_REQUESTS_TOTAL, JOBS_PUBLISHED_TOTAL};
 use sluice_shared::queue::{Publisher, QueueSettings, job_headers};
-use sluice_shared::secret::Secret;
+use sluice_shared::secret::{Secret, redact};
+use sluice_shared::source::AllowList;
 use tokio::sync::Semaphore;
 
 use super::stats::{self, BrokerProbe};
-
-/// Largest job body accepted. A job is a few hundred bytes; `metadata` makes it bigger, but a
-/// megabyte of metadata copied onto every chunk is a mistake worth refusing.
-const MAX_JOB_BYTES: usize = 1024 * 1024;
 
 /// Publishes waiting for a confirm at once. Each holds a request open (for up to the publisher's
 /// retries while the broker is away); past this, new requests wait for a slot instead of piling
@@ -52,6 +57,11 @@ pub struct ApiState {
     /// Collection of `GET /v1/documents/{id}` when the query names none.
     pub default_collection: String,
     pub api_key: Option<Secret>,
+    /// `SLUICE_ALLOWED_SOURCES` plus `SLUICE_WATCH`: index jobs for anything else are refused
+    /// here already (the workers check again, after resolving symlinks on their own disks).
+    pub allowed_sources: AllowList,
+    /// `SLUICE_MAX_JOB_BYTES`, `SLUICE_MAX_METADATA_BYTES`.
+    pub job_limits: JobLimits,
     publish_slots: Semaphore,
 }
 
@@ -65,6 +75,8 @@ impl ApiState {
         s3_events_queue: Option<String>,
         default_collection: String,
         api_key: Option<Secret>,
+        allowed_sources: AllowList,
+        job_limits: JobLimits,
     ) -> Self {
         ApiState {
             publisher,
@@ -74,6 +86,8 @@ impl ApiState {
             s3_events_queue,
             default_collection,
             api_key,
+            allowed_sources,
+            job_limits,
             publish_slots: Semaphore::new(MAX_PUBLISHES_IN_FLIGHT),
         }
     }
@@ -83,10 +97,11 @@ type Shared = Arc<ApiState>;
 
 /// The `/v1` routes with authentication and request metrics.
 pub fn router(state: Shared) -> Router {
+    let max_body = state.job_limits.max_job_bytes;
     Router::new()
         .route(
             "/v1/jobs",
-            post(post_job).layer(DefaultBodyLimit::max(MAX_JOB_BYTES)),
+            post(post_job).layer(DefaultBodyLimit::max(max_body)),
         )
         // A wildcard: document ids are often URIs, and clients do not always encode their slashes.
         .route("/v1/documents/{*id}", get(get_document))
@@ -101,21 +116,79 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// Bounds every request (the `/v1` routes and the probes alike): a time limit, body included,
+/// and a cap on requests handled at once, past which requests are refused with a 503 at once
+/// rather than queued (a client retries; a queue would only grow).
+pub fn with_limits(app: Router, timeout: Duration, max_concurrent: usize) -> Router {
+    let slots = Arc::new(Semaphore::new(max_concurrent));
+    app.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let slots = slots.clone();
+        async move {
+            let Ok(_slot) = slots.try_acquire() else {
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight (SLUICE_API_MAX_CONCURRENT_REQUESTS); retry shortly",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            };
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request took longer than {} s (SLUICE_API_TIMEOUT_SECS)",
+                        timeout.as_secs_f64()
+                    ),
+                ),
+            }
+        }
+    }))
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// A refused job: `{error, error_kind}`.
+fn refused(status: StatusCode, message: String, kind: &'static str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": message, "error_kind": kind })),
+    )
+        .into_response()
+}
+
+/// A dependency failed: say which, log why (the message may name hosts or echo a URL).
+fn unavailable(
+    dependency: &'static str,
+    message: &str,
+    detail: &dyn std::fmt::Display,
+) -> Response {
+    tracing::warn!(dependency, error = %redact(&detail.to_string()), "{message}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({ "error": message, "dependency": dependency })),
+    )
+        .into_response()
+}
+
 async fn post_job(State(state): State<Shared>, body: Bytes) -> Response {
-    let mut job = match Job::parse(&body) {
+    let mut job = match Job::parse_limited(&body, &state.job_limits) {
         Ok(job) => job,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": e.to_string(), "error_kind": e.kind() })),
-            )
-                .into_response();
-        }
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string(), e.kind()),
     };
+    if let JobSpec::Index(index) = &job.spec
+        && let Err(e) = state.allowed_sources.check_lexical(&index.source)
+    {
+        let status = match e.kind() {
+            "forbidden_source" => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        return refused(status, e.to_string(), e.kind());
+    }
     // Publish-to-ack time is measured from here when the client did not stamp the job itself.
     job.enqueued_at.get_or_insert_with(Utc::now);
     let _slot = state
@@ -147,10 +220,10 @@ async fn post_job(State(state): State<Shared>, body: Bytes) -> Response {
                 .into_response()
         }
         Err(e) => {
-            tracing::error!(error = %e, job_id = %job.job_id, kind, "job not confirmed by the broker");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the broker did not confirm the job, it was not queued: {e}"),
+            let mut response = unavailable(
+                "broker",
+                "the broker did not confirm the job, it was not queued",
+                &e,
             );
             response
                 .headers_mut()
@@ -195,7 +268,7 @@ async fn get_document(
             StatusCode::NOT_FOUND,
             format!("no document {id:?} in collection {collection:?}"),
         ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => unavailable("database", "the metadata store is unavailable", &e),
     }
 }
 
@@ -210,7 +283,7 @@ async fn get_stats(State(state): State<Shared>, Query(query): Query<CollectionQu
     .await
     {
         Ok(report) => axum::Json(report).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => unavailable("database", "the metadata store is unavailable", &e),
     }
 }
 
@@ -280,6 +353,36 @@ async fn count_requests(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn slow_requests_time_out_and_excess_ones_are_refused() {
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "done"
+            }),
+        );
+        let app = with_limits(slow, Duration::from_millis(300), 1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let first = tokio::spawn(reqwest::get(url.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The only slot is taken: refused at once, with a hint when to retry.
+        let second = reqwest::get(&url).await.unwrap();
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            first
+                .text()
+                .await
+                .unwrap()
+                .contains("SLUICE_API_TIMEOUT_SECS")
+        );
+    }
 
     #[test]
     fn keys_are_read_from_both_headers_and_compared_exactly() {

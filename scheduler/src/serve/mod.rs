@@ -4,7 +4,10 @@
 //!   beside `/healthz`, `/readyz` (broker and database reachable) and `/metrics`, on
 //!   `SLUICE_API_LISTEN`;
 //! - consumes S3 event notifications from `SLUICE_S3_EVENTS_QUEUE` when set ([`s3_events`]);
-//! - (to be wired) polls the `SLUICE_WATCH` locations.
+//! - polls the `SLUICE_WATCH` locations.
+//!
+//! `SLUICE_SERVE_ROLE` (`all`, `api`, `watch`) picks a subset: `api` serves only the HTTP API (run
+//! many), `watch` only the watchers and the S3 consumer (run one); both keep the probes and /metrics.
 //!
 //! Every job goes out through one confirm-mode [`Publisher`]: a job counts as queued only once
 //! the broker confirmed it, and one that is not confirmed is reported to whoever sent it (a 503
@@ -54,6 +57,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<Exit
 /// returns `Ok`. Fails at start-up when the broker, the database or the listen address cannot be
 /// used, and later if a background task fails for good (which also stops the rest).
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    settings.scheduler.check_api_exposure()?;
     let prometheus = sluice_shared::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let queue_settings = settings.fleet.queue.clone();
     let connection = queue::connect(&queue_settings).await?;
@@ -85,13 +89,31 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         settings.scheduler.s3_events_queue.clone(),
         settings.collection.clone(),
         settings.scheduler.api_key.clone(),
+        settings.allowed_sources.clone(),
+        settings.job_limits,
     ));
-    let app = api::router(state).merge(ops::router(Some(prometheus), checks));
+    // SLUICE_SERVE_ROLE splits the API (many replicas) from the watchers (exactly one).
+    let role = settings.scheduler.serve_role;
+    let ops = ops::router(Some(prometheus), checks);
+    let app = api::with_limits(
+        if role.serves_api() {
+            api::router(state).merge(ops)
+        } else {
+            ops
+        },
+        settings.scheduler.api_timeout,
+        settings.scheduler.api_max_concurrent_requests,
+    );
 
     // Everything below stops on `stop`: the caller's shutdown, or a background task failing.
     let stop = shutdown.child_token();
     let mut background: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    if let Some(events_queue) = settings.scheduler.s3_events_queue.clone() {
+    let events_queue = settings
+        .scheduler
+        .s3_events_queue
+        .clone()
+        .filter(|_| role.runs_watchers());
+    if let Some(events_queue) = events_queue {
         let consumer = s3_events::consume(
             queue_settings.clone(),
             events_queue,
@@ -103,7 +125,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             Ok(())
         });
     }
-    if !settings.scheduler.watch.is_empty() {
+    if role.runs_watchers() && !settings.scheduler.watch.is_empty() {
         let settings = settings.clone();
         let locations = settings.scheduler.watch.clone();
         let publisher = publisher.clone();

@@ -184,12 +184,15 @@ pub fn file_uri(path: &Path) -> String {
         .to_string()
 }
 
-/// In-process test servers on a runtime of their own (the tests themselves are synchronous and
-/// run the real `sluice` binary): the Qdrant stand-in and the embedding-provider emulator.
+/// Test servers on a runtime of their own (the tests themselves are synchronous and run the real
+/// `sluice` binary): Qdrant (the real server where it exists, else the in-process stand-in; see
+/// `sluice_loadtests::qdrant_server`) and the embedding-provider emulator.
 pub struct Servers {
     pub rt: tokio::runtime::Runtime,
     pub qdrant_url: String,
-    _standin_dir: tempfile::TempDir,
+    // Dropped after the runtime (field order): the server process is stopped, the stand-in's
+    // folder removed once its task is gone.
+    _qdrant: sluice_loadtests::qdrant_server::TestQdrant,
 }
 
 impl Servers {
@@ -199,15 +202,11 @@ impl Servers {
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (addr, handle) = rt
-            .block_on(sluice_loadtests::standin::spawn(dir.path()))
-            .expect("start qdrant-standin");
-        std::mem::forget(handle); // runs until the runtime is dropped
+        let qdrant = rt.block_on(sluice_loadtests::qdrant_server::test_qdrant());
         Servers {
             rt,
-            qdrant_url: format!("http://{addr}"),
-            _standin_dir: dir,
+            qdrant_url: qdrant.url(),
+            _qdrant: qdrant,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::secret::{Secret, redact_url};
 mod fleet;
 mod scheduler;
 pub use fleet::FleetConfig;
-pub use scheduler::SchedulerConfig;
+pub use scheduler::{SchedulerConfig, ServeRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -141,6 +141,16 @@ pub struct Settings {
     pub database_url: Option<Secret>,
     /// `SLUICE_MAX_FILE_SIZE`: larger source files are rejected (default 100MiB).
     pub max_file_size: u64,
+    /// `SLUICE_ALLOWED_SOURCES`: comma-separated roots a job's `source` must lie under (local
+    /// folders or `file:///dir/`, `s3://bucket/prefix/`, `gs://bucket/`, `az://container/`),
+    /// plus every `SLUICE_WATCH` location. Empty (the default): no job source is allowed.
+    pub allowed_sources: crate::source::AllowList,
+    /// `SLUICE_READ_TIMEOUT_SECS`: reading one source file or object, from open to last byte
+    /// (default 120). A FIFO or a hung mount fails the document instead of hanging the job.
+    pub read_timeout: Duration,
+    /// `SLUICE_MAX_JOB_BYTES` and `SLUICE_MAX_METADATA_BYTES`: size caps of a job message and
+    /// of its `metadata` (defaults 64KiB and 8KiB).
+    pub job_limits: crate::job::JobLimits,
     /// `SLUICE_MAX_INFLIGHT_BYTES`: source bytes of the documents processed at once (default
     /// 64MiB); a larger document runs alone. Bounds memory by size, see `memory.rs`.
     pub max_inflight_bytes: u64,
@@ -157,6 +167,10 @@ pub struct Settings {
     pub pdf_timeout: Duration,
     /// `SLUICE_PDF_MEMORY_LIMIT`: address-space limit of the PDF child (default 2GiB).
     pub pdf_memory_limit: u64,
+    /// `SLUICE_PDF_MAX_CHILDREN`: PDF extraction children at once per process (default: the
+    /// number of cores). Each may use up to `SLUICE_PDF_MEMORY_LIMIT`, so this times that is the
+    /// worst case a pod must allow for.
+    pub pdf_max_children: usize,
     /// `SLUICE_DOCUMENT_TIMEOUT_SECS`: one document's processing limit (default 600).
     pub document_timeout: Duration,
     /// `SLUICE_LEASE_SECS`: a document's processing lease, renewed every third of it while a run
@@ -410,6 +424,9 @@ impl Settings {
             qdrant_api_key: l.secret("qdrant_api_key")?,
             database_url: l.secret("database_url")?,
             max_file_size: l.size("max_file_size", 100 << 20)?,
+            allowed_sources: allowed_sources(l)?,
+            read_timeout: l.secs("read_timeout_secs", 120)?,
+            job_limits: job_limits(l)?,
             max_inflight_bytes: l.size("max_inflight_bytes", 64 << 20)?,
             concurrency: l.get("concurrency", 64)?,
             chunk_max_tokens: l.get("chunk_max_tokens", 512)?,
@@ -417,6 +434,10 @@ impl Settings {
             embed,
             pdf_timeout: l.secs("pdf_timeout_secs", 120)?,
             pdf_memory_limit: l.size("pdf_memory_limit", 2 << 30)?,
+            pdf_max_children: l.get(
+                "pdf_max_children",
+                crate::extract::ExtractSettings::default_max_children(),
+            )?,
             document_timeout: l.secs("document_timeout_secs", 600)?,
             lease: l.secs("lease_secs", 30)?,
             log_format: l.get("log_format", LogFormat::Text)?,
@@ -515,6 +536,48 @@ impl Settings {
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("metadata.sqlite")
     }
+}
+
+/// `SLUICE_ALLOWED_SOURCES` plus the `SLUICE_WATCH` locations (what a process watches, its
+/// workers may read).
+fn allowed_sources(l: &Loader) -> Result<crate::source::AllowList, ConfigError> {
+    let text: String = l.get("allowed_sources", String::new())?;
+    let mut list = crate::source::AllowList::parse(&text)
+        .map_err(|e| invalid("SLUICE_ALLOWED_SOURCES", e.to_string()))?;
+    let watch: String = l.get("watch", String::new())?;
+    for location in watch.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        list.allow(location)
+            .map_err(|e| invalid("SLUICE_WATCH", e.to_string()))?;
+    }
+    Ok(list)
+}
+
+fn job_limits(l: &Loader) -> Result<crate::job::JobLimits, ConfigError> {
+    let defaults = crate::job::JobLimits::default();
+    let limits = crate::job::JobLimits {
+        max_job_bytes: l.size("max_job_bytes", defaults.max_job_bytes as u64)? as usize,
+        max_metadata_bytes: l.size("max_metadata_bytes", defaults.max_metadata_bytes as u64)?
+            as usize,
+    };
+    if limits.max_job_bytes < 1024 {
+        return Err(invalid("SLUICE_MAX_JOB_BYTES", "must be at least 1KiB"));
+    }
+    if limits.max_job_bytes > 16 << 20 {
+        return Err(invalid(
+            "SLUICE_MAX_JOB_BYTES",
+            "must be at most 16MiB (a job names a document, it does not carry one)",
+        ));
+    }
+    if limits.max_metadata_bytes >= limits.max_job_bytes {
+        return Err(invalid(
+            "SLUICE_MAX_METADATA_BYTES",
+            format!(
+                "must be smaller than SLUICE_MAX_JOB_BYTES ({})",
+                limits.max_job_bytes
+            ),
+        ));
+    }
+    Ok(limits)
 }
 
 /// Qdrant collection names: keep to a portable subset so the same name works in every store.
@@ -642,6 +705,96 @@ mod tests {
         assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
         assert!(parse_size("ten").is_err());
         assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn allowed_sources_include_watched_locations_and_are_validated() {
+        let s = load(&[]).unwrap();
+        assert!(
+            s.allowed_sources.is_empty(),
+            "nothing is allowed by default"
+        );
+        let s = load(&[
+            ("SLUICE_ALLOWED_SOURCES", "/srv/docs, s3://bucket/in/"),
+            ("SLUICE_WATCH", "gs://watched/"),
+        ])
+        .unwrap();
+        assert!(
+            s.allowed_sources
+                .check_lexical("file:///srv/docs/a.pdf")
+                .is_ok()
+        );
+        assert!(
+            s.allowed_sources
+                .check_lexical("s3://bucket/in/a.pdf")
+                .is_ok()
+        );
+        assert!(
+            s.allowed_sources
+                .check_lexical("gs://watched/a.pdf")
+                .is_ok()
+        );
+        assert!(
+            s.allowed_sources
+                .check_lexical("s3://bucket/out/a.pdf")
+                .is_err()
+        );
+        let err = load(&[("SLUICE_ALLOWED_SOURCES", "ftp://x/")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("SLUICE_ALLOWED_SOURCES"), "{err}");
+    }
+
+    #[test]
+    fn job_caps_are_validated() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.job_limits, crate::job::JobLimits::default());
+        let s = load(&[("SLUICE_MAX_METADATA_BYTES", "2KiB")]).unwrap();
+        assert_eq!(s.job_limits.max_metadata_bytes, 2048);
+        let err = load(&[
+            ("SLUICE_MAX_JOB_BYTES", "4KiB"),
+            ("SLUICE_MAX_METADATA_BYTES", "8KiB"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("SLUICE_MAX_METADATA_BYTES"), "{err}");
+        let err = load(&[("SLUICE_MAX_JOB_BYTES", "1GiB")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("SLUICE_MAX_JOB_BYTES"), "{err}");
+    }
+
+    #[test]
+    fn the_api_is_local_unless_a_key_or_anonymous_access_is_given() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.scheduler.api_listen.to_string(), "127.0.0.1:8080");
+        assert!(s.scheduler.check_api_exposure().is_ok());
+        let exposed = [("SLUICE_API_LISTEN", "0.0.0.0:8080")];
+        let err = load(&exposed)
+            .unwrap()
+            .scheduler
+            .check_api_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SLUICE_API_KEY") && err.contains("SLUICE_API_ALLOW_ANONYMOUS"),
+            "{err}"
+        );
+        let keyed = load(&[exposed[0], ("SLUICE_API_KEY", "k-123")]).unwrap();
+        assert!(keyed.scheduler.check_api_exposure().is_ok());
+        let open = load(&[exposed[0], ("SLUICE_API_ALLOW_ANONYMOUS", "true")]).unwrap();
+        assert!(open.scheduler.check_api_exposure().is_ok());
+    }
+
+    #[test]
+    fn secret_file_contents_are_redacted_from_any_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("qdrant_key");
+        std::fs::write(&file, "qdrant-file-key-5e1f\n").unwrap();
+        let s = load(&[("SLUICE_QDRANT_API_KEY_FILE", file.to_str().unwrap())]).unwrap();
+        assert_eq!(s.qdrant_api_key.unwrap().expose(), "qdrant-file-key-5e1f");
+        let shown = crate::secret::redact("qdrant said: invalid api-key qdrant-file-key-5e1f");
+        assert!(!shown.contains("qdrant-file-key-5e1f"), "{shown}");
     }
 
     #[test]

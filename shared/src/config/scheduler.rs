@@ -2,6 +2,7 @@
 //! `sluice reindex`.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use super::{ConfigError, Loader, invalid};
@@ -11,8 +12,19 @@ use crate::secret::Secret;
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// `SLUICE_API_LISTEN`: address of the HTTP API and of `/healthz`, `/readyz`, `/metrics`
-    /// (default `0.0.0.0:8080`).
+    /// (default `127.0.0.1:8080`: reachable from this host only).
     pub api_listen: SocketAddr,
+    /// `SLUICE_SERVE_ROLE`: what one `sluice serve` process runs (default `all`). Lets a cluster
+    /// run the API with several replicas and the watchers / S3-event consumer exactly once.
+    pub serve_role: ServeRole,
+    /// `SLUICE_API_ALLOW_ANONYMOUS`: let `sluice serve` listen on a non-loopback address with no
+    /// `SLUICE_API_KEY` (default false: it refuses to start).
+    pub api_allow_anonymous: bool,
+    /// `SLUICE_API_TIMEOUT_SECS`: a request's time limit, body included (default 30).
+    pub api_timeout: Duration,
+    /// `SLUICE_API_MAX_CONCURRENT_REQUESTS`: requests handled at once; more get a 503
+    /// (default 512).
+    pub api_max_concurrent_requests: usize,
     /// `SLUICE_API_KEY` (or `_FILE`): when set, every `/v1/...` request must carry it as
     /// `Authorization: Bearer <key>` (or `x-api-key`). Probes and `/metrics` stay open.
     pub api_key: Option<Secret>,
@@ -36,6 +48,39 @@ pub struct SchedulerConfig {
     pub metrics_pushgateway: Option<String>,
 }
 
+/// The parts of `sluice serve` a process runs. `/healthz`, `/readyz` and `/metrics` are always served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeRole {
+    /// The HTTP API, the watchers and the S3-event consumer: one process does everything.
+    All,
+    /// Only the `/v1` HTTP API: safe to run with many replicas behind a Service.
+    Api,
+    /// Only the watchers and the S3-event consumer (no `/v1` API): run exactly one, or every change
+    /// is enqueued once per replica.
+    Watch,
+}
+
+impl ServeRole {
+    pub fn serves_api(self) -> bool {
+        matches!(self, ServeRole::All | ServeRole::Api)
+    }
+    pub fn runs_watchers(self) -> bool {
+        matches!(self, ServeRole::All | ServeRole::Watch)
+    }
+}
+
+impl FromStr for ServeRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "all" => Ok(ServeRole::All),
+            "api" => Ok(ServeRole::Api),
+            "watch" => Ok(ServeRole::Watch),
+            _ => Err("expected all, api or watch".to_string()),
+        }
+    }
+}
+
 pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
     let watch_text: String = l.get("watch", String::new())?;
     let watch = watch_text
@@ -45,7 +90,11 @@ pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
         .map(str::to_string)
         .collect();
     let config = SchedulerConfig {
-        api_listen: l.get("api_listen", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+        api_listen: l.get("api_listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+        serve_role: l.get("serve_role", ServeRole::All)?,
+        api_allow_anonymous: l.get("api_allow_anonymous", false)?,
+        api_timeout: l.secs("api_timeout_secs", 30)?,
+        api_max_concurrent_requests: l.get("api_max_concurrent_requests", 512)?,
         api_key: l.secret("api_key")?,
         watch,
         watch_interval: l.secs("watch_interval_secs", 30)?,
@@ -79,6 +128,12 @@ pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
     {
         return Err(invalid("SLUICE_API_KEY", "is set but empty"));
     }
+    if config.api_max_concurrent_requests == 0 {
+        return Err(invalid(
+            "SLUICE_API_MAX_CONCURRENT_REQUESTS",
+            "must be at least 1",
+        ));
+    }
     if config.reindex_max_queue_depth == 0 {
         return Err(invalid(
             "SLUICE_REINDEX_MAX_QUEUE_DEPTH",
@@ -98,4 +153,24 @@ pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
         ));
     }
     Ok(config)
+}
+
+impl SchedulerConfig {
+    /// Refuses an API reachable from other hosts without a key, unless anonymous access was
+    /// asked for explicitly. Checked when `sluice serve` starts (with `--listen` applied).
+    pub fn check_api_exposure(&self) -> Result<(), ConfigError> {
+        if self.api_listen.ip().is_loopback() || self.api_key.is_some() || self.api_allow_anonymous
+        {
+            return Ok(());
+        }
+        Err(invalid(
+            "SLUICE_API_KEY",
+            format!(
+                "is required when the API listens on {} (not a loopback address): set \
+                 SLUICE_API_KEY (or SLUICE_API_KEY_FILE), listen on 127.0.0.1, or set \
+                 SLUICE_API_ALLOW_ANONYMOUS=true to accept jobs from anyone who can reach it",
+                self.api_listen
+            ),
+        ))
+    }
 }

@@ -82,6 +82,9 @@ pub struct ExtractSettings {
     /// Program and leading arguments that run [`pdf::child_main`]: by default the running binary
     /// itself with the hidden `__extract-pdf` argument.
     pub pdf_command: Vec<std::ffi::OsString>,
+    /// PDF children running at once in this process (`SLUICE_PDF_MAX_CHILDREN`); shared by
+    /// every clone of these settings.
+    pub pdf_children: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ExtractSettings {
@@ -99,7 +102,19 @@ impl ExtractSettings {
             pdf_timeout: Self::DEFAULT_PDF_TIMEOUT,
             pdf_memory_limit: Self::DEFAULT_PDF_MEMORY_LIMIT,
             pdf_command: pdf::default_pdf_command(),
+            pdf_children: Self::children(Self::default_max_children()),
         }
+    }
+
+    /// Default PDF children at once: the cores. Each may take up to `pdf_memory_limit` of
+    /// address space; more than the cores would only queue for CPU while holding memory.
+    pub fn default_max_children() -> usize {
+        std::thread::available_parallelism().map_or(2, usize::from)
+    }
+
+    /// A limit of `n` PDF children at once, for [`ExtractSettings::pdf_children`].
+    pub fn children(n: usize) -> std::sync::Arc<tokio::sync::Semaphore> {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(n.max(1)))
     }
 }
 

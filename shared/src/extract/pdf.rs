@@ -9,9 +9,13 @@
 //! the child does — panic, abort, overflow, hang, run out of memory — the parent gets a typed
 //! [`ExtractError`] and the worker lives on.
 //!
+//! The child runs with a cleared environment, in its own process group, under address-space,
+//! CPU-time, open-file and file-size limits; at most `SLUICE_PDF_MAX_CHILDREN` run at once.
+//!
 //! Test-only fault injection: the environment variable [`FAULT_ENV`]
-//! (`SLUICE_PDF_CHILD_FAULT=abort|stack-overflow|hang`) makes the child abort, overflow its stack by
-//! real recursion, or sleep forever after reading its input and before parsing. It exists so tests
+//! (`SLUICE_PDF_CHILD_FAULT=abort|stack-overflow|hang|report-env|sigkill:<dir>`) makes the child
+//! abort, overflow its stack by real recursion, sleep forever, report its environment's names, or
+//! mark `<dir>` and SIGKILL itself, after reading its input and before parsing. It exists so tests
 //! can prove the parent survives a parser that kills its process; never set it in production.
 
 use std::ffi::OsString;
@@ -37,8 +41,20 @@ pub const CHILD_ARG: &str = "__extract-pdf";
 /// (vfork semantics) and the worker's memory is never copied.
 pub const MEMORY_LIMIT_ENV: &str = "SLUICE_PDF_CHILD_MEMORY_LIMIT";
 
+/// The child's CPU-time limit in whole seconds (0 = none), set by the parent: `RLIMIT_CPU` ends
+/// a parser that spins even if the parent's wall-clock timeout could not fire (a frozen parent).
+pub const CPU_LIMIT_ENV: &str = "SLUICE_PDF_CHILD_CPU_SECS";
+
 /// Test-only fault injection switch read by the child; see the module docs.
 pub const FAULT_ENV: &str = "SLUICE_PDF_CHILD_FAULT";
+
+/// Descriptors the child may hold open: its three standard streams and what the allocator and
+/// the standard library need. A parser has no business opening files.
+const CHILD_MAX_OPEN_FILES: u64 = 16;
+
+/// Times a child killed by a signal from outside (the OOM killer, a stray SIGTERM to its group) is
+/// started again before the document is called crashed.
+const SIGNAL_RETRIES: u32 = 1;
 
 /// Largest reply accepted from the child. Extracted text is rarely more than a few times smaller
 /// than the PDF; 128 MiB of JSON bounds the parent's memory per document.
@@ -86,11 +102,13 @@ pub fn run_child_if_requested() {
 /// The child process: read a PDF from stdin, write a JSON reply to stdout, exit 0. Exits with a
 /// non-zero code only if stdin/stdout themselves fail.
 pub fn child_main() -> ! {
-    let memory_limit = std::env::var(MEMORY_LIMIT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if let Err(error) = limit_child_resources(memory_limit) {
+    let limit = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if let Err(error) = limit_child_resources(limit(MEMORY_LIMIT_ENV), limit(CPU_LIMIT_ENV)) {
         let _ = writeln!(
             io::stderr(),
             "pdf child cannot limit its resources: {error}"
@@ -148,6 +166,21 @@ fn inject_fault(fault: &str) -> ChildReply {
         "hang" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
+        // What a parser exploit would find: the names of the environment variables.
+        "report-env" => ChildReply::Failed {
+            detail: std::env::vars_os()
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+        },
+        // Killed from outside (the OOM killer): leave a mark in the folder, then SIGKILL itself.
+        other if other.starts_with("sigkill:") => {
+            let marks = std::path::Path::new(&other["sigkill:".len()..]);
+            let _ = std::fs::File::create(marks.join(std::process::id().to_string()));
+            // SAFETY: signalling this very process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("SIGKILL ends the process")
+        }
         other => ChildReply::Failed {
             detail: format!("unknown {FAULT_ENV} value {other:?}"),
         },
@@ -242,8 +275,41 @@ fn tidy_page(text: &str) -> String {
 }
 
 /// Extract a PDF in a child process with the time and memory limits from `settings`. The child
-/// is killed on timeout and when this future is dropped, and always reaped.
+/// is killed on timeout and when this future is dropped, and always reaped. At most
+/// `settings.pdf_children` children run at once in this process; a child killed by a signal from
+/// outside is started once more before the document counts as crashed.
 pub async fn extract_in_child(
+    name: &str,
+    bytes: bytes::Bytes,
+    settings: &ExtractSettings,
+) -> Result<ExtractedDoc, ExtractError> {
+    let _slot = settings
+        .pdf_children
+        .acquire()
+        .await
+        .map_err(|e| ExtractError::Io {
+            name: name.to_string(),
+            source: io::Error::other(e),
+        })?;
+    let mut retries = 0;
+    loop {
+        // The bytes are shared, not copied: a retry needs them again.
+        match extract_once(name, bytes.clone(), settings).await {
+            Err(ExtractError::Crashed { detail, .. })
+                if retries < SIGNAL_RETRIES && detail.starts_with(KILLED_BY_SIGNAL) =>
+            {
+                retries += 1;
+                tracing::warn!(name, %detail, "pdf child killed by a signal; trying once more");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How [`describe_failure`] starts the detail of a child that a signal ended.
+const KILLED_BY_SIGNAL: &str = "killed by signal";
+
+async fn extract_once(
     name: &str,
     bytes: bytes::Bytes,
     settings: &ExtractSettings,
@@ -259,13 +325,24 @@ pub async fn extract_in_child(
         ))
     })?;
     let mut command = tokio::process::Command::new(program);
+    // A cleared environment (a parser exploit finds no cloud keys or database URLs there) and a
+    // process group of its own (a signal to the worker's group does not reach it).
     command
         .args(args)
+        .env_clear()
+        .env(MEMORY_LIMIT_ENV, settings.pdf_memory_limit.to_string())
+        .env(
+            CPU_LIMIT_ENV,
+            settings.pdf_timeout.as_secs().saturating_add(1).to_string(),
+        )
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env(MEMORY_LIMIT_ENV, settings.pdf_memory_limit.to_string())
         .kill_on_drop(true);
+    if let Ok(fault) = std::env::var(FAULT_ENV) {
+        command.env(FAULT_ENV, fault);
+    }
     let memory_limit = settings.pdf_memory_limit;
     let started = Instant::now();
     let mut child = command.spawn().map_err(io_error)?;
@@ -326,6 +403,12 @@ pub async fn extract_in_child(
         ReplyRead::Parsed(reply) => Ok(reply),
         ReplyRead::Unreadable(error) => Err(error),
     };
+    if status.signal() == Some(libc::SIGXCPU) {
+        return Err(ExtractError::Timeout {
+            name: name.to_string(),
+            timeout: settings.pdf_timeout,
+        });
+    }
     if !status.success() {
         let detail = describe_failure(status, &stderr_tail, memory_limit);
         return Err(ExtractError::Crashed {
@@ -381,26 +464,35 @@ fn read_reply(pipe: Option<std::fs::File>, cap: u64) -> ReplyRead {
     }
 }
 
-/// Runs first in the child: cap the address space and disable core dumps (a crashing parser must
-/// not litter the working directory with multi-gigabyte core files).
-fn limit_child_resources(memory_limit: u64) -> io::Result<()> {
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit with a valid pointer to a stack value.
-    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if memory_limit > 0 {
+/// Runs first in the child: cap the address space, CPU time and open files, forbid writing files
+/// and disable core dumps (a crashing parser must not litter the working directory with
+/// multi-gigabyte core files).
+fn limit_child_resources(memory_limit: u64, cpu_secs: u64) -> io::Result<()> {
+    let set = |resource, soft: u64, hard: u64| {
         let limit = libc::rlimit {
-            rlim_cur: memory_limit,
-            rlim_max: memory_limit,
+            rlim_cur: soft,
+            rlim_max: hard,
         };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+        // SAFETY: setrlimit with a valid pointer to a stack value.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        Ok(())
+    };
+    set(libc::RLIMIT_CORE, 0, 0)?;
+    // Pipes are not files: the reply and stderr still flow.
+    set(libc::RLIMIT_FSIZE, 0, 0)?;
+    set(
+        libc::RLIMIT_NOFILE,
+        CHILD_MAX_OPEN_FILES,
+        CHILD_MAX_OPEN_FILES,
+    )?;
+    if memory_limit > 0 {
+        set(libc::RLIMIT_AS, memory_limit, memory_limit)?;
+    }
+    if cpu_secs > 0 {
+        // SIGXCPU at the soft limit; the hard limit one second later is SIGKILL.
+        set(libc::RLIMIT_CPU, cpu_secs, cpu_secs.saturating_add(1))?;
     }
     Ok(())
 }
@@ -430,7 +522,7 @@ async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> String 
 /// "killed by signal 6 (SIGABRT): memory allocation of 8 bytes failed" and the like.
 fn describe_failure(status: ExitStatus, stderr_tail: &str, memory_limit: u64) -> String {
     let mut detail = match (status.signal(), status.code()) {
-        (Some(signal), _) => format!("killed by signal {signal} ({})", signal_name(signal)),
+        (Some(signal), _) => format!("{KILLED_BY_SIGNAL} {signal} ({})", signal_name(signal)),
         (None, Some(code)) => format!("exited with status {code}"),
         (None, None) => format!("ended abnormally ({status})"),
     };

@@ -41,6 +41,29 @@ use crate::pipeline::DocumentJob;
 
 pub use s3::parse_s3_event;
 
+pub use rules::MAX_ID_BYTES;
+
+/// Size caps of a message, from `SLUICE_MAX_JOB_BYTES` and `SLUICE_MAX_METADATA_BYTES`. They
+/// are deployment settings, not part of the schema: the schema says `metadata` is an object,
+/// the operator says how big one may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// The whole message body, checked before it is parsed.
+    pub max_job_bytes: usize,
+    /// `metadata` as compact JSON. It is copied onto the payload of every chunk (so Qdrant can
+    /// filter on it), so a document of N chunks stores it N times.
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_job_bytes: 64 << 10,
+            max_metadata_bytes: 8 << 10,
+        }
+    }
+}
+
 /// The job schema version this code reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
 
@@ -69,6 +92,14 @@ pub enum JobError {
     /// has a bad value.
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// The message, or its `metadata`, is over its size cap.
+    #[error("{what} is {size} bytes, over the {limit}-byte limit ({setting})")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+        setting: &'static str,
+    },
 }
 
 impl JobError {
@@ -79,6 +110,7 @@ impl JobError {
             JobError::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
             JobError::UnknownKind { .. } => "unknown_kind",
             JobError::Invalid { .. } => "invalid_job",
+            JobError::TooLarge { .. } => "job_too_large",
         }
     }
 
@@ -89,7 +121,8 @@ impl JobError {
             JobError::MalformedJson { .. }
             | JobError::UnsupportedSchemaVersion { .. }
             | JobError::UnknownKind { .. }
-            | JobError::Invalid { .. } => false,
+            | JobError::Invalid { .. }
+            | JobError::TooLarge { .. } => false,
         }
     }
 
@@ -251,9 +284,47 @@ impl Job {
         Ok(job)
     }
 
-    /// Parse a message body. Checks, in order: JSON, a JSON object, `schema_version`, `kind`,
-    /// then every field; the first failure is the error.
+    /// [`Job::parse_limited`] with the default [`JobLimits`].
     pub fn parse(bytes: &[u8]) -> Result<Job, JobError> {
+        Self::parse_limited(bytes, &JobLimits::default())
+    }
+
+    /// Parse a message body. Checks, in order: its size (before reading a byte of it), JSON, a
+    /// JSON object, `schema_version`, `kind`, every field, then the size of `metadata`; the first
+    /// failure is the error.
+    pub fn parse_limited(bytes: &[u8], limits: &JobLimits) -> Result<Job, JobError> {
+        if bytes.len() > limits.max_job_bytes {
+            return Err(JobError::TooLarge {
+                what: "the message",
+                size: bytes.len(),
+                limit: limits.max_job_bytes,
+                setting: "SLUICE_MAX_JOB_BYTES",
+            });
+        }
+        let job = Self::parse_unlimited(bytes)?;
+        job.check_limits(limits)?;
+        Ok(job)
+    }
+
+    /// The size caps that apply to a parsed or hand-built job (`metadata`).
+    pub fn check_limits(&self, limits: &JobLimits) -> Result<(), JobError> {
+        if let JobSpec::Index(index) = &self.spec
+            && !index.metadata.is_empty()
+        {
+            let size = serde_json::to_vec(&index.metadata).map_or(usize::MAX, |v| v.len());
+            if size > limits.max_metadata_bytes {
+                return Err(JobError::TooLarge {
+                    what: "metadata",
+                    size,
+                    limit: limits.max_metadata_bytes,
+                    setting: "SLUICE_MAX_METADATA_BYTES",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_unlimited(bytes: &[u8]) -> Result<Job, JobError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| JobError::MalformedJson {
             detail: e.to_string(),
         })?;
@@ -331,7 +402,7 @@ impl Job {
             JobSpec::Index(job) => {
                 rules::check_source(&job.source)?;
                 if let Some(doc_id) = &job.doc_id {
-                    rules::check_text("doc_id", doc_id, rules::MAX_DOC_ID_CHARS)?;
+                    rules::check_id("doc_id", doc_id)?;
                 }
                 rules::check_tenant(job.tenant.as_deref())?;
                 rules::check_collection(job.collection.as_deref())?;
@@ -343,9 +414,7 @@ impl Job {
             }
             JobSpec::Delete(job) => {
                 match &job.target {
-                    DeleteTarget::DocId(doc_id) => {
-                        rules::check_text("doc_id", doc_id, rules::MAX_DOC_ID_CHARS)?
-                    }
+                    DeleteTarget::DocId(doc_id) => rules::check_id("doc_id", doc_id)?,
                     DeleteTarget::SourcePrefix(prefix) => rules::check_prefix(prefix)?,
                 }
                 rules::check_collection(job.collection.as_deref())?;

@@ -13,8 +13,11 @@ use super::{JobError, SCHEMA_VERSION};
 
 /// Schema `$defs/job_id`: `maxLength`.
 pub(crate) const MAX_JOB_ID_CHARS: usize = 128;
-/// Schema `$defs/doc_id`, `source`, `source_prefix`: `maxLength`.
-pub(crate) const MAX_DOC_ID_CHARS: usize = 4096;
+/// Schema `$defs/doc_id`, `source`, `source_prefix`: `maxLength`, counted here in bytes of
+/// UTF-8 (the schema can only count characters, a weaker rule). These identifiers are keys of
+/// PostgreSQL btree indexes, whose entries hold at most about 2.7 KB: 1 KiB leaves room for the
+/// collection beside them, and is longer than any real path or object key needs.
+pub const MAX_ID_BYTES: usize = 1024;
 /// Schema `$defs/tenant`: `maxLength`.
 pub(crate) const MAX_TENANT_CHARS: usize = 256;
 /// Schema `$defs/priority`: `maximum`. RabbitMQ priorities are small numbers; quorum queues
@@ -229,6 +232,21 @@ pub(crate) fn check_text(field: &str, text: &str, max: usize) -> Result<(), JobE
     Ok(())
 }
 
+/// Schema `$defs/doc_id` and friends: [`MAX_ID_BYTES`] bytes, and the rules of [`check_text`].
+pub(crate) fn check_id(field: &str, text: &str) -> Result<(), JobError> {
+    if text.len() > MAX_ID_BYTES {
+        return Err(JobError::invalid(
+            field,
+            format!(
+                "must be at most {MAX_ID_BYTES} bytes of UTF-8, got {} bytes: {}",
+                text.len(),
+                shorten(text)
+            ),
+        ));
+    }
+    check_text(field, text, MAX_ID_BYTES)
+}
+
 /// Schema `$defs/tenant`.
 pub(crate) fn check_tenant(tenant: Option<&str>) -> Result<(), JobError> {
     match tenant {
@@ -275,7 +293,7 @@ fn bad_scheme(field: &str, uri: &str) -> JobError {
 /// Schema `$defs/source`: one object, `file:///<path>` or `<s3|gs|az>://<bucket>/<key>`, both
 /// parts non-empty.
 pub(crate) fn check_source(source: &str) -> Result<(), JobError> {
-    check_text("source", source, MAX_DOC_ID_CHARS)?;
+    check_id("source", source)?;
     let Some((scheme, rest)) = after_scheme(source) else {
         return Err(bad_scheme("source", source));
     };
@@ -301,7 +319,7 @@ pub(crate) fn check_source(source: &str) -> Result<(), JobError> {
 /// `<s3|gs|az>://` plus a bucket name's first character — never a bare scheme, so one job cannot
 /// delete every document of a scheme by accident.
 pub(crate) fn check_prefix(prefix: &str) -> Result<(), JobError> {
-    check_text("source_prefix", prefix, MAX_DOC_ID_CHARS)?;
+    check_id("source_prefix", prefix)?;
     let Some((scheme, rest)) = after_scheme(prefix) else {
         return Err(bad_scheme("source_prefix", prefix));
     };

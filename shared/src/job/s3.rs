@@ -160,7 +160,8 @@ fn record_to_job(record: &Value) -> Result<Option<Job>, JobError> {
         // A zero-byte "folder" placeholder (what consoles create for "new folder"): no document.
         return Ok(None);
     }
-    let uri = format!("s3://{bucket}/{key}");
+    // Encoded so a key with `%`, `?` or `#` names the same object when the URI is read back.
+    let uri = crate::source::object_uri("s3", bucket, &key);
     // Redeliveries of the same notification get the same job id; the sequencer (or, failing
     // that, eTag and event time) tells two events on one key apart.
     let object = record.pointer("/s3/object");
@@ -234,6 +235,29 @@ mod tests {
         assert_eq!(decode_key("%zz"), None);
         assert_eq!(decode_key("trailing%2"), None);
         assert_eq!(decode_key("%FF"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn keys_with_url_syntax_become_uris_naming_the_same_object() {
+        let event = |key: &str| {
+            format!(
+                r#"{{"Records":[{{"eventVersion":"2.1","eventName":"ObjectCreated:Put",
+                "s3":{{"bucket":{{"name":"b"}},"object":{{"key":"{key}"}}}}}}]}}"#
+            )
+        };
+        // AWS form-encodes the key: "what?.txt" arrives as "what%3F.txt", "a b" as "a+b".
+        for (wire, uri) in [
+            ("docs/what%3F.txt", "s3://b/docs/what%3F.txt"),
+            ("docs/c%23sharp.txt", "s3://b/docs/c%23sharp.txt"),
+            ("docs/100%25.txt", "s3://b/docs/100%25.txt"),
+            ("docs/1%2B1+%3D+2.txt", "s3://b/docs/1+1 = 2.txt"),
+        ] {
+            let jobs = parse_s3_event(event(wire).as_bytes()).unwrap();
+            let JobSpec::Index(index) = &jobs[0].spec else {
+                panic!("{jobs:?}")
+            };
+            assert_eq!(index.source, uri);
+        }
     }
 
     #[test]

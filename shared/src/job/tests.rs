@@ -297,3 +297,67 @@ fn new_refuses_an_invalid_job() {
     assert_eq!(err.kind(), "invalid_job");
     assert!(Job::new(JobSpec::Delete(DeleteJob::source_prefix("s3://"))).is_err());
 }
+
+#[test]
+fn oversized_messages_are_refused_before_parsing() {
+    let limits = JobLimits {
+        max_job_bytes: 1024,
+        max_metadata_bytes: 256,
+    };
+    // Not even JSON: the size is checked first, so the error says "too large", not "malformed".
+    let err = Job::parse_limited(&[b'{'; 1025], &limits).unwrap_err();
+    assert_eq!(err.kind(), "job_too_large");
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.contains("1025") && text.contains("1024") && text.contains("SLUICE_MAX_JOB_BYTES"),
+        "{text}"
+    );
+}
+
+#[test]
+fn metadata_over_its_cap_is_refused_naming_the_setting() {
+    let limits = JobLimits {
+        max_job_bytes: 64 << 10,
+        max_metadata_bytes: 256,
+    };
+    let body = |len: usize| {
+        format!(
+            r#"{{"schema_version":1,"kind":"index","source":"s3://b/k","metadata":{{"note":"{}"}}}}"#,
+            "x".repeat(len)
+        )
+    };
+    // {"note":"…"} is 11 bytes around the value.
+    assert!(Job::parse_limited(body(245).as_bytes(), &limits).is_ok());
+    let err = Job::parse_limited(body(246).as_bytes(), &limits).unwrap_err();
+    assert_eq!(err.kind(), "job_too_large");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("metadata is 257 bytes") && text.contains("SLUICE_MAX_METADATA_BYTES"),
+        "{text}"
+    );
+    // The default cap applies to Job::parse too.
+    let big = body(JobLimits::default().max_metadata_bytes);
+    assert_eq!(parse(&big).unwrap_err().kind(), "job_too_large");
+}
+
+#[test]
+fn identifiers_are_capped_in_bytes_not_characters() {
+    let job = |doc_id: &str| {
+        format!(r#"{{"schema_version":1,"kind":"index","source":"s3://b/k","doc_id":"{doc_id}"}}"#)
+    };
+    assert!(parse(&job(&"a".repeat(MAX_ID_BYTES))).is_ok());
+    assert_eq!(invalid_field(&job(&"a".repeat(MAX_ID_BYTES + 1))), "doc_id");
+    // 342 three-byte characters: few characters, too many bytes for a PostgreSQL index key.
+    let wide = "€".repeat(MAX_ID_BYTES / 3 + 1);
+    assert!(wide.chars().count() < MAX_ID_BYTES);
+    let err = parse(&job(&wide)).unwrap_err().to_string();
+    assert!(err.contains("bytes"), "{err}");
+    let source = format!("s3://b/{}", "k".repeat(MAX_ID_BYTES));
+    assert_eq!(
+        invalid_field(&format!(
+            r#"{{"schema_version":1,"kind":"index","source":"{source}"}}"#
+        )),
+        "source"
+    );
+}

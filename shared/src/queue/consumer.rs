@@ -99,7 +99,7 @@ impl Consumer {
                     }));
                 }
                 Err(error) => {
-                    warn!(%error, tag = %self.tag, "consumer channel failed, waiting for recovery");
+                    warn!(error = %super::error::redacted(&error), tag = %self.tag, "consumer channel failed, waiting for recovery");
                     if let Err(source) = self.channel.wait_for_recovery(error).await {
                         return Some(Err(QueueError::Channel {
                             what: "consuming",

@@ -4,7 +4,8 @@ use lapin::ErrorKind;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
 /// What can go wrong talking to RabbitMQ. Messages never contain the broker password: URLs are
-/// stored already redacted.
+/// stored already redacted, and lapin's own messages (which may echo the AMQP URL) are passed
+/// through [`crate::secret::redact`].
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// A setting is unusable; names the setting.
@@ -15,23 +16,23 @@ pub enum QueueError {
     },
     /// The broker could not be reached or refused the login.
     #[error(
-        "cannot connect to RabbitMQ at {url}: {source} (is the broker running? \
-         `rabbitmq-server -detached` starts a local one)"
+        "cannot connect to RabbitMQ at {url}: {} (is the broker running? \
+         `rabbitmq-server -detached` starts a local one)", redacted(.source)
     )]
     Connect { url: String, source: lapin::Error },
     /// Declaring an exchange, queue or binding failed, e.g. because it exists with other
     /// arguments (PRECONDITION_FAILED) or does not exist (passive declare, NOT_FOUND).
-    #[error("declaring {what}: {source}")]
+    #[error("declaring {what}: {}", redacted(.source))]
     Declare { what: String, source: lapin::Error },
     /// Opening a channel, enabling confirms, setting QoS, starting or cancelling a consumer.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", redacted(.source))]
     Channel {
         what: &'static str,
         source: lapin::Error,
     },
     /// The publish failed before the broker confirmed it (channel or connection lost): the
     /// message may or may not have been stored; publish again.
-    #[error("publishing to exchange {exchange:?} with key {routing_key:?}: {source}")]
+    #[error("publishing to exchange {exchange:?} with key {routing_key:?}: {}", redacted(.source))]
     Publish {
         exchange: String,
         routing_key: String,
@@ -71,7 +72,7 @@ pub enum QueueError {
     #[error("no retry delay with index {index} ({count} configured)")]
     NoSuchRetryDelay { index: usize, count: usize },
     /// Acking/nacking a delivery failed.
-    #[error("settling delivery: {0}")]
+    #[error("settling delivery: {}", redacted(.0))]
     Settle(lapin::Error),
     /// The delivery's channel closed before it was settled. The broker requeues it with
     /// `redelivered=true`; nothing was acked.
@@ -100,6 +101,11 @@ impl QueueError {
             QueueError::ChannelGone => false,
         }
     }
+}
+
+/// A lapin error as text, with any credential it echoes removed.
+pub(crate) fn redacted(error: &lapin::Error) -> String {
+    crate::secret::redact(&error.to_string())
 }
 
 /// Whether a lapin error is a lost or not-yet-recovered connection/channel (retry) rather than a
@@ -159,6 +165,21 @@ mod tests {
 
     fn io_error() -> lapin::Error {
         lapin::Error::from(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+    }
+
+    #[test]
+    fn lapin_messages_never_show_the_amqp_password() {
+        let source = lapin::Error::from(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connect amqp://sluice:Mq-Secret-9@mq:5672/%2f refused",
+        ));
+        let err = QueueError::Connect {
+            url: "amqp://sluice:***@mq:5672/%2f".into(),
+            source,
+        };
+        let shown = err.to_string();
+        assert!(!shown.contains("Mq-Secret-9"), "{shown}");
+        assert!(shown.contains("refused"), "{shown}");
     }
 
     #[test]
