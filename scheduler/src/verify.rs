@@ -23,7 +23,7 @@ use sluice_shared::metadata::{DocStatus, MetadataStore};
 use sluice_shared::pipeline::Pipeline;
 use sluice_shared::queue::{self, Publisher, QueueSettings};
 use sluice_shared::reindex::publish_jobs;
-use sluice_shared::source::Source;
+use sluice_shared::source::{AllowList, ReadLimits, Source};
 use sluice_shared::store::{StoreError, VectorStore};
 use sluice_shared::verify::{
     self, JobRunner, MAX_FINDINGS, Observer, Report, Scope, Verifier, VerifyError,
@@ -315,7 +315,17 @@ impl InProcess {
             return Err("not an index job".to_string());
         };
         let doc = index.to_document_job(&self.settings.collection, self.settings.tenant.as_deref());
-        let fetched = Source::read_uri(&doc.source, self.settings.max_file_size).await;
+        // The operator ingested this very source into this machine's ledger (as `sluice ingest`
+        // allows its own location): it alone is allowed, checked again at the read.
+        let mut allow = AllowList::default();
+        allow.allow(&doc.source).map_err(|e| e.to_string())?;
+        let limits = ReadLimits {
+            max_size: self.settings.max_file_size,
+            timeout: self.settings.read_timeout,
+        };
+        let fetched = Source::read_uri_reserving(&doc.source, &allow, limits, None)
+            .await
+            .map(|(bytes, _)| bytes);
         self.pipeline
             .index(&doc, fetched)
             .await

@@ -100,7 +100,6 @@ impl Drop for InFlight {
 }
 
 /// Registers descriptions so `/metrics` carries HELP lines.
-
 pub fn describe() {
     describe_counter!(
         DOCUMENTS_TOTAL,
