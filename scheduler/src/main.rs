@@ -8,6 +8,7 @@ mod reindex;
 mod search;
 mod serve;
 mod status;
+mod verify;
 mod watch;
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Enqueue matching documents from the metadata store again, in bounded batches.
     Reindex(reindex::ReindexArgs),
+    /// Compare the metadata store with what the vector store holds; --repair fixes the drift.
+    /// Exit status 3 when drift was found (even if repaired).
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(args) => serve::run(settings, args).await,
             Command::Watch(args) => watch::run(settings, args).await,
             Command::Reindex(args) => reindex::run(settings, args).await,
+            Command::Verify(args) => verify::run(settings, args).await,
         }
     });
     // Blocking work of abandoned documents (a timed-out extraction) must not hold the exit:

@@ -8,6 +8,23 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// What the counters count, as shown: `{done}/{total} {item}, {rate} {item}/s, {chunks} {chunks
+/// label}, {failed} {failed label}`.
+#[derive(Clone, Copy)]
+pub struct Units {
+    pub item: &'static str,
+    /// `None`: the chunks counter is not shown.
+    pub chunks: Option<&'static str>,
+    pub failed: &'static str,
+}
+
+/// Documents processed, chunks written, documents failed (ingest).
+pub const DOCUMENTS: Units = Units {
+    item: "docs",
+    chunks: Some("chunks"),
+    failed: "failed",
+};
+
 /// Counters shown while ingesting.
 #[derive(Default)]
 pub struct Counters {
@@ -19,6 +36,7 @@ pub struct Counters {
 pub struct Progress {
     bar: Option<ProgressBar>,
     counters: Arc<Counters>,
+    units: Units,
     total: u64,
     started: Instant,
     ticker: Option<tokio::task::JoinHandle<()>>,
@@ -26,14 +44,24 @@ pub struct Progress {
 
 impl Progress {
     pub fn start(label: &'static str, total: u64, counters: Arc<Counters>) -> Self {
+        Self::start_with(label, DOCUMENTS, total, counters)
+    }
+
+    pub fn start_with(
+        label: &'static str,
+        units: Units,
+        total: u64,
+        counters: Arc<Counters>,
+    ) -> Self {
         let started = Instant::now();
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} [{bar:30}] {pos}/{len} docs  {msg}  {elapsed}",
-                )
-                .expect("static template")
+                ProgressStyle::with_template(&format!(
+                    "{{spinner}} {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {}  {{msg}}  {{elapsed}}",
+                    units.item
+                ))
+                .expect("valid template")
                 .progress_chars("=> "),
             );
             bar.set_prefix(label);
@@ -41,6 +69,7 @@ impl Progress {
             return Progress {
                 bar: Some(bar),
                 counters,
+                units,
                 total,
                 started,
                 ticker: None,
@@ -52,12 +81,13 @@ impl Progress {
             interval.tick().await;
             loop {
                 interval.tick().await;
-                eprintln!("{label}: {}", line(&c, total, started));
+                eprintln!("{label}: {}", line(&c, units, total, started));
             }
         });
         Progress {
             bar: None,
             counters,
+            units,
             total,
             started,
             ticker: Some(ticker),
@@ -68,7 +98,7 @@ impl Progress {
     pub fn update(&self) {
         if let Some(bar) = &self.bar {
             bar.set_position(self.counters.done.load(Ordering::Relaxed));
-            bar.set_message(rates(&self.counters, self.started));
+            bar.set_message(rates(&self.counters, self.units, self.started));
         }
     }
 
@@ -78,27 +108,36 @@ impl Progress {
         }
         if let Some(t) = &self.ticker {
             t.abort();
-            eprintln!("done: {}", line(&self.counters, self.total, self.started));
+            eprintln!(
+                "done: {}",
+                line(&self.counters, self.units, self.total, self.started)
+            );
         }
     }
 }
 
-fn rates(c: &Counters, started: Instant) -> String {
+fn rates(c: &Counters, units: Units, started: Instant) -> String {
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     let done = c.done.load(Ordering::Relaxed);
+    let chunks = units
+        .chunks
+        .map(|label| format!(", {} {label}", c.chunks.load(Ordering::Relaxed)))
+        .unwrap_or_default();
     format!(
-        "{:.1} docs/s, {} chunks, {} failed",
+        "{:.1} {}/s{chunks}, {} {}",
         done as f64 / secs,
-        c.chunks.load(Ordering::Relaxed),
-        c.failed.load(Ordering::Relaxed)
+        units.item,
+        c.failed.load(Ordering::Relaxed),
+        units.failed
     )
 }
 
-fn line(c: &Counters, total: u64, started: Instant) -> String {
+fn line(c: &Counters, units: Units, total: u64, started: Instant) -> String {
     format!(
-        "{}/{} docs, {}",
+        "{}/{} {}, {}",
         c.done.load(Ordering::Relaxed),
         total,
-        rates(c, started)
+        units.item,
+        rates(c, units, started)
     )
 }

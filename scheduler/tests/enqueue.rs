@@ -5,19 +5,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sluice_shared::config::{Loader, Settings};
-use sluice_shared::job::{Job, JobSpec};
-use sluice_shared::queue;
-use sluice_shared::testing::delete_topology;
-
-struct Topology(queue::QueueSettings);
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        delete_topology(&self.0);
-    }
-}
+use sluice_shared::job::JobSpec;
 
 #[test]
 fn enqueue_publishes_one_index_job_per_source() {
@@ -43,32 +32,7 @@ fn enqueue_publishes_one_index_job_per_source() {
     );
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let jobs: Vec<Job> = rt.block_on(async {
-        let conn = queue::connect(&settings.fleet.queue)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("RabbitMQ is not reachable ({e}); start it with `rabbitmq-server -detached`")
-            });
-        let channel = conn.create_channel().await.unwrap();
-        let mut jobs = Vec::new();
-        while let Some(message) = channel
-            .basic_get(
-                settings.fleet.queue.work_queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-            .unwrap()
-        {
-            jobs.push(Job::parse(&message.delivery.data).expect("a valid v1 job"));
-            message
-                .delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-        }
-        jobs
-    });
+    let jobs = drain_work_queue(&settings.fleet.queue);
     assert_eq!(jobs.len(), 2, "{jobs:?}");
     let sources: Vec<String> = jobs
         .iter()

@@ -33,4 +33,5 @@ pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod verify;
 pub mod wiring;

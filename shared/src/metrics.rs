@@ -34,6 +34,25 @@ pub const JOBS_PUBLISHED_TOTAL: &str = "sluice_jobs_published_total";
 /// Scheduler: S3 event notifications consumed, by outcome (`published`, `ignored`,
 /// `dead_lettered`, `rejected`).
 pub const S3_EVENTS_TOTAL: &str = "sluice_s3_events_total";
+/// `sluice verify` (gauges of the last run, pushed to a Pushgateway when one is configured):
+/// documents of the ledger checked.
+pub const VERIFY_DOCUMENTS_CHECKED: &str = "sluice_verify_documents_checked";
+/// `sluice verify`: points of the index scanned.
+pub const VERIFY_POINTS_SCANNED: &str = "sluice_verify_points_scanned";
+/// `sluice verify`: drift found, by kind (missing, short, count_mismatch, unpublished,
+/// stray_version, orphan).
+pub const VERIFY_DRIFT: &str = "sluice_verify_drift";
+/// `sluice verify --repair`: repairs done (fleet: jobs published), by action (delete_version,
+/// reindex, publish, unstage).
+pub const VERIFY_REPAIRS: &str = "sluice_verify_repairs";
+/// `sluice verify --repair`: repairs that failed.
+pub const VERIFY_REPAIR_FAILURES: &str = "sluice_verify_repair_failures";
+/// `sluice verify`: when the last run ended (Unix seconds).
+pub const VERIFY_LAST_RUN_TIMESTAMP: &str = "sluice_verify_last_run_timestamp_seconds";
+/// `sluice verify`: how long the last run took.
+pub const VERIFY_DURATION: &str = "sluice_verify_duration_seconds";
+/// `sluice verify`: 1 if the last run finished, 0 if it stopped with an error.
+pub const VERIFY_SUCCESS: &str = "sluice_verify_last_run_success";
 
 /// Jobs settled by a worker, by kind and outcome.
 pub const JOBS_TOTAL: &str = "sluice_jobs_total";
@@ -81,7 +100,6 @@ impl Drop for InFlight {
 }
 
 /// Registers descriptions so `/metrics` carries HELP lines.
-
 pub fn describe() {
     describe_counter!(
         DOCUMENTS_TOTAL,
@@ -167,6 +185,65 @@ pub fn describe() {
         S3_EVENTS_TOTAL,
         "S3 event notifications consumed, by outcome."
     );
+    describe_gauge!(
+        VERIFY_DOCUMENTS_CHECKED,
+        "Documents of the ledger checked by the last sluice verify."
+    );
+    describe_gauge!(
+        VERIFY_POINTS_SCANNED,
+        "Points of the index scanned by the last sluice verify."
+    );
+    describe_gauge!(
+        VERIFY_DRIFT,
+        "Drift found by the last sluice verify, by kind."
+    );
+    describe_gauge!(
+        VERIFY_REPAIRS,
+        "Repairs done (fleet: jobs published) by the last sluice verify --repair, by action."
+    );
+    describe_gauge!(
+        VERIFY_REPAIR_FAILURES,
+        "Repairs that failed in the last sluice verify --repair."
+    );
+    describe_gauge!(
+        VERIFY_LAST_RUN_TIMESTAMP,
+        Unit::Seconds,
+        "When the last sluice verify ended (Unix time)."
+    );
+    describe_gauge!(
+        VERIFY_DURATION,
+        Unit::Seconds,
+        "Duration of the last sluice verify."
+    );
+    describe_gauge!(
+        VERIFY_SUCCESS,
+        "1 if the last sluice verify finished, 0 if it stopped with an error."
+    );
+}
+
+/// Pushes rendered Prometheus text to a Pushgateway (`PUT <gateway>/metrics/job/<job>`), which
+/// keeps it for Prometheus to scrape: how a short-lived command such as `sluice verify` reports.
+/// The error never carries the URL's password.
+pub async fn push_to_gateway(gateway: &str, job: &str, text: String) -> Result<(), String> {
+    let url = format!("{}/metrics/job/{job}", gateway.trim_end_matches('/'));
+    let shown = crate::secret::redact_url(gateway);
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .map_err(|e| format!("pushgateway client: {e}"))?
+        .put(&url)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(text)
+        .send()
+        .await
+        .map_err(|e| format!("pushing metrics to {shown}: {}", e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "pushing metrics to {shown}: HTTP {}",
+            response.status()
+        ));
+    }
+    Ok(())
 }
 
 /// Install the global Prometheus recorder (once per process) and return the handle that renders

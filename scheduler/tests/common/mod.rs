@@ -246,3 +246,47 @@ pub fn paragraphs(topic: &str, n: usize) -> String {
         })
         .collect()
 }
+
+/// Deletes a test's queues and exchanges when dropped.
+pub struct Topology(pub sluice_shared::queue::QueueSettings);
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        sluice_shared::testing::delete_topology(&self.0);
+    }
+}
+
+/// Takes (and acks) every job waiting in the work queue, parsed.
+pub fn drain_work_queue(
+    settings: &sluice_shared::queue::QueueSettings,
+) -> Vec<sluice_shared::job::Job> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = sluice_shared::queue::connect(settings)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("RabbitMQ is not reachable ({e}); start it with `rabbitmq-server -detached`")
+            });
+        let channel = conn.create_channel().await.unwrap();
+        let mut jobs = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                settings.work_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .unwrap()
+        {
+            jobs.push(
+                sluice_shared::job::Job::parse(&message.delivery.data).expect("a valid v1 job"),
+            );
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        jobs
+    })
+}

@@ -42,6 +42,10 @@ pub struct SchedulerConfig {
     /// `SLUICE_REINDEX_BATCH`: documents read from the metadata store and published per batch
     /// (default 100). Never more than the maximum queue depth.
     pub reindex_batch: usize,
+    /// `SLUICE_METRICS_PUSHGATEWAY`: a Prometheus Pushgateway URL (`http://pushgateway:9091`);
+    /// when set, `sluice verify` pushes its `sluice_verify_*` metrics there at the end. Unset:
+    /// nothing is pushed.
+    pub metrics_pushgateway: Option<String>,
 }
 
 /// The parts of `sluice serve` a process runs. `/healthz`, `/readyz` and `/metrics` are always served.
@@ -99,7 +103,24 @@ pub(super) fn load(l: &Loader) -> Result<SchedulerConfig, ConfigError> {
             .filter(|q| !q.is_empty()),
         reindex_max_queue_depth: l.get("reindex_max_queue_depth", 1000)?,
         reindex_batch: l.get("reindex_batch", 100)?,
+        metrics_pushgateway: l
+            .opt::<String>("metrics_pushgateway")?
+            .filter(|u| !u.trim().is_empty()),
     };
+    if let Some(gateway) = &config.metrics_pushgateway {
+        match url::Url::parse(gateway) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(invalid(
+                    "SLUICE_METRICS_PUSHGATEWAY",
+                    format!(
+                        "expected an http(s):// URL, got {}",
+                        crate::secret::redact_url(gateway)
+                    ),
+                ));
+            }
+        }
+    }
     if config
         .api_key
         .as_ref()
