@@ -191,12 +191,17 @@ impl Fleet {
         }
     }
 
+    /// Every point of the fleet's collection; none before a worker created it.
     pub async fn points(&self) -> Vec<(uuid::Uuid, String, i64)> {
-        QdrantStore::connect(&self.qdrant_url, None)
+        match QdrantStore::connect(&self.qdrant_url, None)
             .unwrap()
             .list_points("fleet")
             .await
-            .unwrap()
+        {
+            Ok(points) => points,
+            Err(sluice_shared::store::StoreError::MissingCollection(_)) => Vec::new(),
+            Err(e) => panic!("listing the fleet's points: {e}"),
+        }
     }
 
     /// Every message in the DLQ: (error kind, error reason).

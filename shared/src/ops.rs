@@ -25,6 +25,11 @@ pub trait ReadinessCheck: Send + Sync {
     fn name(&self) -> &'static str;
     /// `Err` with a reason when the dependency cannot be used right now.
     async fn check(&self) -> Result<(), String>;
+    /// Whether the reason may be shown on the unauthenticated `/readyz` (it names no address and
+    /// quotes no driver). Off unless a check says so.
+    fn reason_is_public(&self) -> bool {
+        false
+    }
 }
 
 /// Ready only while the metadata store answers a query (the worker's and the scheduler's check).
@@ -51,6 +56,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 struct OpsState {
     metrics: Option<PrometheusHandle>,
     checks: Arc<Vec<Arc<dyn ReadinessCheck>>>,
+    /// The last failure logged per check: a probe polled every few seconds logs a failure once,
+    /// and again only when it changes or clears.
+    logged: Arc<std::sync::Mutex<std::collections::HashMap<&'static str, String>>>,
 }
 
 /// The router, for services that mount more routes beside it.
@@ -62,6 +70,7 @@ pub fn router(metrics: Option<PrometheusHandle>, checks: Vec<Arc<dyn ReadinessCh
         .with_state(OpsState {
             metrics,
             checks: Arc::new(checks),
+            logged: Default::default(),
         })
 }
 
@@ -82,18 +91,35 @@ async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
         };
-        (check.name(), outcome)
+        (check.name(), check.reason_is_public(), outcome)
     }))
     .await;
     let mut body = String::new();
     let mut ready = true;
-    for (name, outcome) in results {
+    let mut logged = state
+        .logged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (name, public, outcome) in results {
         match outcome {
-            Ok(()) => body.push_str(&format!("{name}: ok\n")),
+            Ok(()) => {
+                if logged.remove(name).is_some() {
+                    tracing::info!(dependency = name, "ready again");
+                }
+                body.push_str(&format!("{name}: ok\n"));
+            }
             Err(reason) => {
                 ready = false;
-                tracing::warn!(dependency = name, reason = %crate::secret::redact(&reason), "not ready");
-                body.push_str(&format!("{name}: unavailable\n"));
+                let reason = crate::secret::redact(&reason);
+                if logged.get(name) != Some(&reason) {
+                    tracing::warn!(dependency = name, %reason, "not ready");
+                    logged.insert(name, reason.clone());
+                }
+                if public {
+                    body.push_str(&format!("{name}: {reason}\n"));
+                } else {
+                    body.push_str(&format!("{name}: unavailable\n"));
+                }
             }
         }
     }

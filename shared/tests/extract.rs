@@ -443,6 +443,7 @@ async fn the_pdf_child_runs_with_a_cleared_environment() {
         "any.pdf",
         read(&fixtures().join("multipage.pdf")),
         &faulty("report-env", Duration::from_secs(30)),
+        &CancellationToken::new(),
     )
     .await
     .unwrap_err();
@@ -468,6 +469,7 @@ async fn a_pdf_child_killed_by_a_signal_is_retried_once() {
         "oom.pdf",
         read(&fixtures().join("multipage.pdf")),
         &faulty(&fault, Duration::from_secs(30)),
+        &CancellationToken::new(),
     )
     .await
     .unwrap_err();

@@ -147,4 +147,8 @@ impl ReadinessCheck for OutageCheck {
             Some(dependency) => Err(format!("paused: {} unreachable", dependency.as_str())),
         }
     }
+    // Names only which dependency, never its address or error.
+    fn reason_is_public(&self) -> bool {
+        true
+    }
 }
