@@ -164,12 +164,9 @@ impl QdrantServer {
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            // `/readyz` answers before the gRPC listener is bound: wait for both.
-            if readyz(self.http_port).await
-                && tokio::net::TcpStream::connect(self.grpc_addr())
-                    .await
-                    .is_ok()
-            {
+            // `/readyz` answers before the gRPC listener is bound, and an accepted connection
+            // before the gRPC service answers: wait for a real gRPC health check.
+            if readyz(self.http_port).await && self.grpc_answers().await {
                 return Ok(());
             }
             if let Some(status) = self
@@ -238,6 +235,19 @@ impl QdrantServer {
 impl Drop for QdrantServer {
     fn drop(&mut self) {
         self.stop(false);
+    }
+}
+
+impl QdrantServer {
+    /// A gRPC health check succeeds.
+    async fn grpc_answers(&self) -> bool {
+        match sluice_shared::store::qdrant::QdrantStore::connect(
+            &format!("http://{}", self.grpc_addr()),
+            None,
+        ) {
+            Ok(store) => store.health_check().await.is_ok(),
+            Err(_) => false,
+        }
     }
 }
 
