@@ -173,16 +173,7 @@ impl VectorStore for EdgeStore {
         tenant: Option<&str>,
         metadata: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let labels = serde_json::Map::from_iter([
-            (
-                "tenant".to_string(),
-                tenant.map_or(serde_json::Value::Null, |t| t.into()),
-            ),
-            (
-                "metadata".to_string(),
-                serde_json::Value::Object(metadata.clone()),
-            ),
-        ]);
+        let labels = super::labels_payload(tenant, metadata);
         let op = set_payload_op(version_filter(doc_id, version)?, labels);
         self.apply(collection, vec![op]).await
     }

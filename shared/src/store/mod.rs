@@ -73,6 +73,24 @@ impl SearchQuery {
 /// clears it once the version is complete and committed.
 pub const STAGED_FIELD: &str = "staged";
 
+/// The payload keys a relabel replaces on every point of a version (see
+/// [`VectorStore::set_labels`]): the same fields, with the same encoding, as a written point has.
+pub fn labels_payload(
+    tenant: Option<&str>,
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::Map::from_iter([
+        (
+            "tenant".to_string(),
+            tenant.map_or(serde_json::Value::Null, |t| t.into()),
+        ),
+        (
+            "metadata".to_string(),
+            serde_json::Value::Object(metadata.clone()),
+        ),
+    ])
+}
+
 /// One point as the reconciler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointInfo {

@@ -310,14 +310,10 @@ impl VectorStore for QdrantStore {
         tenant: Option<&str>,
         metadata: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let tenant = tenant.map_or(serde_json::Value::Null, |t| t.into());
-        let payload = HashMap::from([
-            ("tenant".to_string(), json_to_value(tenant)),
-            (
-                "metadata".to_string(),
-                json_to_value(serde_json::Value::Object(metadata.clone())),
-            ),
-        ]);
+        let payload = super::labels_payload(tenant, metadata)
+            .into_iter()
+            .map(|(key, value)| (key, json_to_value(value)))
+            .collect();
         self.set_payload_where(collection, version_filter(doc_id, version), payload)
             .await
     }
