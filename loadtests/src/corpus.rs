@@ -240,7 +240,7 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 
 /// Minimal incremental PDF writer: objects 1 (catalog), 2 (pages), 3 (font) are written at the end
 /// with the page list; each page is a content stream object plus a page object.
-struct PdfWriter<W: Write> {
+pub(crate) struct PdfWriter<W: Write> {
     out: W,
     written: u64,
     offsets: Vec<(u32, u64)>,
@@ -249,7 +249,7 @@ struct PdfWriter<W: Write> {
 }
 
 impl<W: Write> PdfWriter<W> {
-    fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         let mut w = PdfWriter {
             out,
             written: 0,
@@ -283,14 +283,25 @@ impl<W: Write> PdfWriter<W> {
                 .replace(')', "\\)");
             content.push_str(&format!("({escaped}) Tj T*\n"));
         }
-        content.push_str("ET");
+        content.push_str("ET\n");
+        self.content_page("", content.as_bytes())
+    }
+
+    /// A page whose content stream is `stream` as given, with `filter` (e.g. `/Filter
+    /// /FlateDecode`, or empty) in the stream's dictionary.
+    pub(crate) fn content_page(&mut self, filter: &str, stream: &[u8]) -> std::io::Result<()> {
         let (content_id, page_id) = (self.next_id, self.next_id + 1);
         self.next_id += 2;
-        let stream = format!(
-            "<< /Length {} >>\nstream\n{content}\nendstream",
-            content.len() + 1
-        );
-        self.object(content_id, stream.as_bytes())?;
+        self.offsets.push((content_id, self.written));
+        self.raw(
+            format!(
+                "{content_id} 0 obj\n<< /Length {} {filter} >>\nstream\n",
+                stream.len()
+            )
+            .as_bytes(),
+        )?;
+        self.raw(stream)?;
+        self.raw(b"\nendstream\nendobj\n")?;
         let page = format!(
             "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents {content_id} 0 R >>"
         );
@@ -299,7 +310,19 @@ impl<W: Write> PdfWriter<W> {
         Ok(())
     }
 
-    fn finish(mut self) -> std::io::Result<u64> {
+    /// A page with no content stream at all.
+    pub(crate) fn empty_page(&mut self) -> std::io::Result<()> {
+        let page_id = self.next_id;
+        self.next_id += 1;
+        self.object(
+            page_id,
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        )?;
+        self.pages.push(page_id);
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> std::io::Result<u64> {
         self.object(1, b"<< /Type /Catalog /Pages 2 0 R >>")?;
         let kids: Vec<String> = self.pages.iter().map(|id| format!("{id} 0 R")).collect();
         let pages = format!(

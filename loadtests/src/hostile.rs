@@ -1,15 +1,15 @@
 //! Hostile-input generator: writes files that have broken text pipelines elsewhere (or ours, see
 //! issue 10) — a 6 MB single line, a 50 MB text file, 100k nested HTML elements, 1 MB of HTML
 //! entities, Markdown with a 5 MB `data:` URI, UTF-16 without a byte-order mark, 0- and 1-byte
-//! files — each with what Sluice must do with it. Deterministic: the same files every run.
-//!
-//! The PDF cases (deflate bomb, 100k empty pages) belong with the PDF extractor: add a generator
-//! next to [`text_cases`] and chain it in [`write_hostile_files`].
+//! files, a PDF whose one content stream inflates to 1 GiB and a PDF of 100,000 empty pages —
+//! each with what Sluice must do with it. Deterministic: the same files every run.
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rand::{Rng, SeedableRng};
+
+use crate::corpus::PdfWriter;
 
 /// What Sluice must do with a hostile file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,69 @@ pub struct HostileFile {
 
 /// Write every hostile file into `dir` (which must exist).
 pub fn write_hostile_files(dir: &Path) -> std::io::Result<Vec<HostileFile>> {
-    text_cases(dir)
+    let mut files = text_cases(dir)?;
+    files.extend(pdf_cases(dir)?);
+    Ok(files)
+}
+
+/// The PDF cases: what the PDF child's limits are for.
+pub fn pdf_cases(dir: &Path) -> std::io::Result<Vec<HostileFile>> {
+    let bomb = dir.join("deflate-bomb.pdf");
+    let mut writer = PdfWriter::new(std::io::BufWriter::new(std::fs::File::create(&bomb)?));
+    writer.content_page("/Filter /FlateDecode", &zlib_of_spaces(1 << 30))?;
+    writer.finish()?;
+
+    let empty = dir.join("empty-pages-100k.pdf");
+    let mut writer = PdfWriter::new(std::io::BufWriter::new(std::fs::File::create(&empty)?));
+    for _ in 0..100_000 {
+        writer.empty_page()?;
+    }
+    writer.finish()?;
+
+    Ok(vec![
+        HostileFile {
+            name: "deflate-bomb.pdf".into(),
+            path: bomb,
+            what: "1 MB PDF whose one content stream inflates to 1 GiB of spaces",
+            expect: Expect::Fails("no_text"),
+            must_contain: None,
+        },
+        HostileFile {
+            name: "empty-pages-100k.pdf".into(),
+            path: empty,
+            what: "PDF of 100,000 pages without content",
+            expect: Expect::Fails("no_text"),
+            must_contain: None,
+        },
+    ])
+}
+
+/// A zlib stream of `len` spaces (a multiple of 1 MiB), built without compressing `len` bytes: one
+/// MiB deflated and fully flushed is a byte-aligned block that inflates the same wherever it
+/// stands, so the stream is that block repeated, an empty final block and the Adler-32 of the
+/// whole, computed in closed form.
+fn zlib_of_spaces(len: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    const BLOCK: usize = 1 << 20;
+    assert_eq!(len % BLOCK as u64, 0, "whole mebibytes only");
+    let mut deflate = Compress::new(Compression::best(), false);
+    let mut block = Vec::with_capacity(BLOCK);
+    deflate
+        .compress_vec(&[b' '; BLOCK], &mut block, FlushCompress::Full)
+        .expect("deflating into a Vec");
+    // Zlib header for the best compression level.
+    let mut out = vec![0x78, 0xDA];
+    for _ in 0..len / BLOCK as u64 {
+        out.extend_from_slice(&block);
+    }
+    // BFINAL=1, fixed Huffman codes, end of block: 10 bits.
+    out.extend_from_slice(&[0x03, 0x00]);
+    // Adler-32 of n bytes of value c: A = 1 + n·c, B = n + c·n(n+1)/2, both mod 65521.
+    let (n, c, m) = (u128::from(len), u128::from(b' '), 65_521u128);
+    let a = (1 + n * c) % m;
+    let b = (n + c * n * (n + 1) / 2) % m;
+    out.extend_from_slice(&((b << 16 | a) as u32).to_be_bytes());
+    out
 }
 
 /// The text, HTML and Markdown cases.
@@ -257,4 +319,35 @@ fn prose(rng: &mut impl Rng, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// The hand-assembled stream inflates to exactly the spaces it claims, checksum included.
+    #[test]
+    fn zlib_of_spaces_inflates_to_spaces_with_a_valid_checksum() {
+        let len = 3 << 20;
+        let stream = zlib_of_spaces(len);
+        assert!(stream.len() < 16 << 10, "{} bytes", stream.len());
+        let mut inflated = Vec::new();
+        flate2::read::ZlibDecoder::new(&stream[..])
+            .read_to_end(&mut inflated)
+            .expect("a valid zlib stream");
+        assert_eq!(inflated.len() as u64, len);
+        assert!(inflated.iter().all(|&b| b == b' '));
+
+        let mut corrupt = stream.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(
+            flate2::read::ZlibDecoder::new(&corrupt[..])
+                .read_to_end(&mut Vec::new())
+                .is_err(),
+            "the decoder checks the Adler-32"
+        );
+    }
 }

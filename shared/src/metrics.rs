@@ -64,6 +64,8 @@ pub const JOBS_IN_FLIGHT: &str = "sluice_jobs_in_flight";
 pub const INTAKE_PAUSED: &str = "sluice_worker_intake_paused";
 /// Pauses of a worker's intake, by dependency.
 pub const OUTAGES_TOTAL: &str = "sluice_worker_outages_total";
+/// Jobs a worker processes (and prefetches) at once: fixed, or as its sizing chose.
+pub const WORKER_CONCURRENCY: &str = "sluice_worker_concurrency";
 
 /// A worker paused its intake because `dependency` does not answer.
 pub fn outage_started(dependency: &'static str) {
@@ -133,6 +135,10 @@ pub fn describe() {
     describe_counter!(
         OUTAGES_TOTAL,
         "Times the worker paused its intake for an unreachable dependency, by dependency."
+    );
+    describe_gauge!(
+        WORKER_CONCURRENCY,
+        "Jobs the worker processes and prefetches at once (grows while the provider has room)."
     );
     describe_counter!(
         EMBED_REQUESTS_TOTAL,

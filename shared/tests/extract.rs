@@ -178,15 +178,34 @@ async fn windows_1252_is_detected_and_decoded() {
     assert!(!text.contains('\r') && !text.contains('\u{FFFD}'));
 }
 
+/// A download cut short (no cross-reference table, no trailer): the pages that arrived whole are
+/// read, as pdftotext would.
 #[tokio::test]
-async fn truncated_pdf_is_corrupt_and_names_the_file() {
-    let err = extract_fixture("truncated.pdf").await.unwrap_err();
+async fn truncated_pdf_yields_the_pages_that_survive() {
+    let whole = extract_fixture("multipage.pdf").await.unwrap();
+    let cut = extract_fixture("truncated.pdf").await.unwrap();
+    assert!(!cut.sections.is_empty());
+    assert!(cut.sections.len() < whole.sections.len(), "{cut:?}");
+    assert_eq!(cut.sections[0], whole.sections[0]);
+}
+
+/// A PDF header over garbage: neither engine reads it; the error names the file.
+#[tokio::test]
+async fn unreadable_pdf_is_corrupt_and_names_the_file() {
+    let err = extract::extract(
+        "broken.pdf",
+        Bytes::from_static(b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R >> garbage \x00\x01"),
+        &settings(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, ExtractError::Corrupt { format: "PDF", .. }),
         "{err:?}"
     );
     assert!(
-        err.to_string().starts_with("truncated.pdf: not valid PDF"),
+        err.to_string().starts_with("broken.pdf: not valid PDF"),
         "{err}"
     );
     assert!(!err.is_retryable());
@@ -436,6 +455,22 @@ async fn example_corpus_extracts() {
     );
 }
 
+/// A document that crashes the child under the default engines (pdf_oxide overflowing its stack
+/// on absurd nesting) is read again by pdf-extract alone.
+#[tokio::test]
+async fn a_document_that_crashes_the_first_engine_is_read_by_pdf_extract() {
+    let doc = extract::extract(
+        "nested.pdf",
+        read(&fixtures().join("multipage.pdf")),
+        &faulty("abort-in-auto", Duration::from_secs(30)),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("read by pdf-extract after the crash");
+    assert_eq!(doc.sections.len(), 3);
+    assert!(doc.sections.iter().all(|s| !s.text.is_empty()));
+}
+
 /// The child sees none of the worker's environment (cloud keys, database URLs): only its limits.
 #[tokio::test]
 async fn the_pdf_child_runs_with_a_cleared_environment() {
@@ -454,7 +489,12 @@ async fn the_pdf_child_runs_with_a_cleared_environment() {
     names.sort();
     assert_eq!(
         names,
-        [pdf::CPU_LIMIT_ENV, pdf::FAULT_ENV, pdf::MEMORY_LIMIT_ENV],
+        [
+            pdf::CPU_LIMIT_ENV,
+            pdf::ENGINE_ENV,
+            pdf::FAULT_ENV,
+            pdf::MEMORY_LIMIT_ENV
+        ],
         "the child's environment"
     );
 }

@@ -5,6 +5,7 @@
 mod handler;
 mod outage;
 mod service;
+mod sizing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

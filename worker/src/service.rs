@@ -4,6 +4,8 @@
 //! Bounds: the broker sends at most `SLUICE_PREFETCH` unacked deliveries; at most
 //! `SLUICE_WORKER_CONCURRENCY` of them are processed at once (a semaphore permit is taken before
 //! the next delivery is pulled, so the rest wait in the prefetch buffer, not in memory here).
+//! Unless the operator fixed either, both start at 16 and follow the worker's sizing
+//! (`sizing.rs`).
 //!
 //! Shutdown (SIGTERM): cancel the consumer, hand back deliveries that were prefetched but never
 //! started, let in-flight jobs finish until `SLUICE_SHUTDOWN_DEADLINE_SECS`, then hand back the
@@ -16,9 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use futures::FutureExt;
-use sluice_shared::config::Settings;
+use sluice_shared::config::{Settings, WorkerSizing};
 use sluice_shared::memory::DocumentBudget;
-use sluice_shared::metrics::{InFlight, JOB_AGE_SECONDS, JOBS_IN_FLIGHT, JOBS_TOTAL};
+use sluice_shared::metrics::{
+    InFlight, JOB_AGE_SECONDS, JOBS_IN_FLIGHT, JOBS_TOTAL, WORKER_CONCURRENCY,
+};
 use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
 use sluice_shared::queue::{self, Consumer, Delivery, Publisher};
 use sluice_shared::store::{StoreError, VectorStore};
@@ -29,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::{self, Context, Decision};
 use crate::outage::{OutageCheck, Outages};
+use crate::sizing;
 
 /// After the shutdown deadline, runs are told to stop (they remove their own partly written
 /// version and release their lease); jobs still running this much later are dropped as they are.
@@ -71,8 +76,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     ));
 
     let tag = format!("sluice-worker-{}-{}", hostname(), std::process::id());
+    // The prefetch a (re)started consumer uses follows the sizing.
+    let mut consumer_settings = fleet.queue.clone();
     let mut consumer =
-        Consumer::start_with_publisher(&connection, &fleet.queue, &tag, publisher.clone()).await?;
+        Consumer::start_with_publisher(&connection, &consumer_settings, &tag, publisher.clone())
+            .await?;
     let ctx = Arc::new(Context {
         pipeline,
         publisher: publisher.clone(),
@@ -86,9 +94,32 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(queue = %fleet.queue.work_queue, concurrency = fleet.worker_concurrency, "consuming");
 
     let slots = Arc::new(Semaphore::new(fleet.worker_concurrency));
+    let (resize, mut resized) = tokio::sync::watch::channel(fleet.worker_concurrency);
+    let sizing_stop = shutdown.child_token();
+    match fleet.worker_sizing {
+        WorkerSizing::Auto { max } => {
+            let rule = sizing::Rule::new(fleet.worker_concurrency, max);
+            tokio::spawn(sizing::run(
+                slots.clone(),
+                rule,
+                resize,
+                sizing_stop.clone(),
+            ));
+        }
+        WorkerSizing::Fixed => {
+            metrics::gauge!(WORKER_CONCURRENCY).set(fleet.worker_concurrency as f64);
+        }
+    }
     let abandon = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let outcome = loop {
+        if resized.has_changed().unwrap_or(false) {
+            let size = *resized.borrow_and_update();
+            consumer_settings.prefetch = u16::try_from(size).unwrap_or(u16::MAX);
+            if let Err(e) = consumer.set_prefetch(consumer_settings.prefetch).await {
+                break Err(anyhow::Error::new(e).context("resizing the consumer's prefetch"));
+            }
+        }
         if outages.paused().is_some() {
             // Stop intake while a dependency is down: prefetched jobs go back to the queue (they
             // would otherwise sit unacked toward the broker's consumer timeout) and a new consumer
@@ -104,7 +135,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
             consumer = match Consumer::start_with_publisher(
                 &connection,
-                &fleet.queue,
+                &consumer_settings,
                 &tag,
                 publisher.clone(),
             )
@@ -145,6 +176,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     };
 
+    sizing_stop.cancel();
     // Graceful shutdown: no new deliveries; prefetched ones go back untouched.
     let deadline = Instant::now() + fleet.shutdown_deadline;
     if let Err(e) = consumer.cancel().await {

@@ -125,7 +125,7 @@ impl Drop for Topology {
 }
 
 /// Every file of the corpus as a `file://` URI, in name order.
-fn corpus_uris(dir: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn corpus_uris(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("listing the corpus {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
@@ -149,81 +149,154 @@ fn counts(report: &[(DocStatus, i64)], status: DocStatus) -> i64 {
         .sum()
 }
 
+/// What every fleet-mode run sets up: an isolated queue prefix with its topology, a database
+/// (the caller's or a fresh one, dropped after), a Qdrant stand-in, and the workers' environment.
+pub(crate) struct Rig {
+    pub env: HashMap<String, String>,
+    pub queue_settings: QueueSettings,
+    pub conn: lapin::Connection,
+    pub publisher: Publisher,
+    pub metadata: PostgresStore,
+    topology: Topology,
+    standin_dir: tempfile::TempDir,
+    standin: crate::standin::StandinHandle,
+    own_db: Option<sluice_shared::testing::TestDatabase>,
+}
+
+impl Rig {
+    pub async fn start(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Rig> {
+        let own_db = match &options.database_url {
+            Some(_) => None,
+            None => Some(sluice_shared::testing::TestDatabase::create().await),
+        };
+        let database_url = options
+            .database_url
+            .clone()
+            .or_else(|| own_db.as_ref().map(|db| db.url.clone()))
+            .expect("a database URL");
+        let standin_dir = tempfile::tempdir()?;
+        let (standin_addr, standin) = crate::standin::spawn(standin_dir.path())
+            .await
+            .context("starting the Qdrant stand-in")?;
+
+        let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let mut env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SLUICE_"))
+            .collect();
+        for (key, value) in [
+            ("SLUICE_QUEUE_PREFIX", prefix.clone()),
+            // Short delays: a transient failure must not stall a benchmark for five minutes.
+            ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "2,10,30".into()),
+            ("SLUICE_DATABASE_URL", database_url.clone()),
+            ("SLUICE_QDRANT_URL", format!("http://{standin_addr}")),
+            ("SLUICE_COLLECTION", COLLECTION.into()),
+            ("SLUICE_SHUTDOWN_DEADLINE_SECS", "30".into()),
+        ] {
+            env.insert(key.into(), value);
+        }
+        // The workers may read the corpus (and whatever the caller's own setting adds).
+        let allowed = match env.get("SLUICE_ALLOWED_SOURCES") {
+            Some(more) if !more.is_empty() => format!("{},{more}", corpus_dir.display()),
+            _ => corpus_dir.display().to_string(),
+        };
+        env.insert("SLUICE_ALLOWED_SOURCES".into(), allowed);
+        env.extend(options.env.clone());
+        let settings = Settings::from_loader(&Loader::from_parts(env.clone(), None)?)
+            .context("the workers' settings")?;
+        let queue_settings = settings.fleet.queue.clone();
+        let topology = Topology(queue_settings.clone());
+        let conn = queue::connect(&queue_settings).await.with_context(|| {
+            format!(
+                "RabbitMQ at {} is not reachable; start it with `rabbitmq-server -detached`",
+                queue_settings.redacted_url()
+            )
+        })?;
+        queue::declare_topology(&conn.create_channel().await?, &queue_settings).await?;
+        let publisher = Publisher::connect(&queue_settings).await?;
+        let metadata = PostgresStore::connect(&database_url)
+            .await
+            .context("connecting to the bench database")?;
+        Ok(Rig {
+            env,
+            queue_settings,
+            conn,
+            publisher,
+            metadata,
+            topology,
+            standin_dir,
+            standin,
+            own_db,
+        })
+    }
+
+    /// Worker number `i`, logging into `log_dir/worker-<i>.log`.
+    pub fn spawn_worker(
+        &self,
+        options: &FleetOptions,
+        i: usize,
+    ) -> anyhow::Result<(Child, PathBuf)> {
+        let log = options.log_dir.join(format!("worker-{i}.log"));
+        let child = Command::new(&options.worker_bin)
+            .envs(&self.env)
+            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", options.worker_bin.display()))?;
+        Ok((child, log))
+    }
+
+    /// Publishes an index job for `uri`; returns its `enqueued_at` in microseconds.
+    pub async fn publish(&self, uri: &str) -> anyhow::Result<i64> {
+        let job = Job::new(JobSpec::Index(IndexJob::new(uri.to_string())))?;
+        let at = job
+            .enqueued_at
+            .expect("Job::new stamps it")
+            .timestamp_micros();
+        self.publisher
+            .publish(
+                &self.queue_settings.routing_key,
+                job.to_json().as_bytes(),
+                job_headers(0),
+            )
+            .await
+            .with_context(|| format!("publishing the job for {uri}"))?;
+        Ok(at)
+    }
+
+    /// Closes the connections, deletes the topology, stops the stand-in, drops the database.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        self.publisher.close().await;
+        let _ = self.conn.close(200, "bench done".into()).await;
+        drop(self.topology);
+        self.standin
+            .shutdown()
+            .await
+            .context("stopping the Qdrant stand-in")?;
+        drop(self.standin_dir);
+        drop(self.own_db);
+        Ok(())
+    }
+}
+
 /// Runs the fleet over the corpus in `corpus_dir` and returns its figures (without the
 /// emulator's, which the caller owns).
 pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<FleetOutcome> {
-    let own_db = match &options.database_url {
-        Some(_) => None,
-        None => Some(sluice_shared::testing::TestDatabase::create().await),
-    };
-    let database_url = options
-        .database_url
-        .clone()
-        .or_else(|| own_db.as_ref().map(|db| db.url.clone()))
-        .expect("a database URL");
-    let standin_dir = tempfile::tempdir()?;
-    let (standin_addr, standin) = crate::standin::spawn(standin_dir.path())
-        .await
-        .context("starting the Qdrant stand-in")?;
-
-    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let mut env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("SLUICE_"))
-        .collect();
-    for (key, value) in [
-        ("SLUICE_QUEUE_PREFIX", prefix.clone()),
-        // Short delays: a transient failure must not stall a benchmark for five minutes.
-        ("SLUICE_QUEUE_RETRY_DELAYS_SECS", "2,10,30".into()),
-        ("SLUICE_DATABASE_URL", database_url.clone()),
-        ("SLUICE_QDRANT_URL", format!("http://{standin_addr}")),
-        ("SLUICE_COLLECTION", COLLECTION.into()),
-        ("SLUICE_SHUTDOWN_DEADLINE_SECS", "30".into()),
-    ] {
-        env.insert(key.into(), value);
-    }
-    // The workers may read the corpus (and whatever the caller's own setting adds).
-    let allowed = match env.get("SLUICE_ALLOWED_SOURCES") {
-        Some(more) if !more.is_empty() => format!("{},{more}", corpus_dir.display()),
-        _ => corpus_dir.display().to_string(),
-    };
-    env.insert("SLUICE_ALLOWED_SOURCES".into(), allowed);
-    env.extend(options.env.clone());
-    let settings = Settings::from_loader(&Loader::from_parts(env.clone(), None)?)
-        .context("the workers' settings")?;
-    let queue_settings = settings.fleet.queue.clone();
-    let topology = Topology(queue_settings.clone());
-    let conn = queue::connect(&queue_settings).await.with_context(|| {
-        format!(
-            "RabbitMQ at {} is not reachable; start it with `rabbitmq-server -detached`",
-            queue_settings.redacted_url()
-        )
-    })?;
-    queue::declare_topology(&conn.create_channel().await?, &queue_settings).await?;
-    let publisher = Publisher::connect(&queue_settings).await?;
-    let metadata = PostgresStore::connect(&database_url)
-        .await
-        .context("connecting to the bench database")?;
-
+    let rig = Rig::start(options, corpus_dir).await?;
+    let queue_settings = rig.queue_settings.clone();
     let uris = corpus_uris(corpus_dir)?;
     let mut workers = Workers {
         children: Vec::new(),
         logs: Vec::new(),
     };
     for i in 0..options.workers {
-        let log = options.log_dir.join(format!("worker-{i}.log"));
-        let child = Command::new(&options.worker_bin)
-            .envs(&env)
-            .env("SLUICE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", options.worker_bin.display()))?;
+        let (child, log) = rig.spawn_worker(options, i)?;
         workers.children.push(child);
         workers.logs.push(log);
     }
 
     // Workers consume once they are up: wait for all of them, so start-up is not measured.
-    let checks = conn.create_channel().await?;
+    let checks = rig.conn.create_channel().await?;
     let ready_by = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, consumers) = queue::queue_counts(&checks, &queue_settings.work_queue).await?;
@@ -263,20 +336,8 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     eprintln!("publishing {} index jobs…", uris.len());
     let enqueued: HashMap<String, i64> = futures::stream::iter(uris.iter())
         .map(|uri| {
-            let publisher = &publisher;
-            let key = &queue_settings.routing_key;
-            async move {
-                let job = Job::new(JobSpec::Index(IndexJob::new(uri.clone())))?;
-                let at = job
-                    .enqueued_at
-                    .expect("Job::new stamps it")
-                    .timestamp_micros();
-                publisher
-                    .publish(key, job.to_json().as_bytes(), job_headers(0))
-                    .await
-                    .with_context(|| format!("publishing the job for {uri}"))?;
-                anyhow::Ok((uri.clone(), at))
-            }
+            let rig = &rig;
+            async move { anyhow::Ok((uri.clone(), rig.publish(uri).await?)) }
         })
         .buffer_unordered(PUBLISH_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -290,7 +351,7 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     let mut retry_queues = vec![queue_settings.work_queue.clone()];
     retry_queues.extend(queue_settings.retry_queue_names());
     loop {
-        let report = metadata.status(Some(COLLECTION), 0).await?;
+        let report = rig.metadata.status(Some(COLLECTION), 0).await?;
         let (indexed, failed) = (
             counts(&report.counts, DocStatus::Indexed),
             counts(&report.counts, DocStatus::Failed),
@@ -330,7 +391,7 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     // publish carried, so both ends are exact — unlike the workers' histogram buckets.
     let mut latencies = Vec::with_capacity(uris.len());
     let (mut chunks, mut tokens, mut indexed, mut failed) = (0i64, 0i64, 0u64, 0u64);
-    for doc in crate::chaos::audit::ledger(&metadata, COLLECTION).await? {
+    for doc in crate::chaos::audit::ledger(&rig.metadata, COLLECTION).await? {
         match doc.status {
             DocStatus::Indexed => indexed += 1,
             DocStatus::Failed => failed += 1,
@@ -348,14 +409,7 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let peaks = peaks.lock().unwrap().clone();
-    publisher.close().await;
-    let _ = conn.close(200, "bench done".into()).await;
-    drop(topology);
-    standin
-        .shutdown()
-        .await
-        .context("stopping the Qdrant stand-in")?;
-    drop(own_db);
+    rig.finish().await?;
     for (i, usage) in usages.iter().enumerate() {
         if usage.exit_code != 0 {
             eprintln!(

@@ -3,6 +3,7 @@
 //! emulator's per-second timeline and the processes' resource usage into figures ([`figures`])
 //! and a tokens/s plot ([`plot`]).
 
+pub mod coldstart;
 pub mod figures;
 pub mod fleet;
 pub mod ingest;

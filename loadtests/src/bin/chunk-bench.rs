@@ -114,12 +114,16 @@ fn new_run(chunker: &Chunker, doc: &ExtractedDoc) -> (u64, u64) {
     (chunks, tokens)
 }
 
+/// CPU time of this process and its finished children (the PDF child).
 fn cpu_time() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let of = |who| {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes into the struct we own.
+        unsafe { libc::getrusage(who, &mut usage) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
 }
 
 fn peak_rss_mb() -> u64 {
@@ -212,7 +216,15 @@ fn report(label: &str, mb: f64, repeat: usize, r: (Duration, Duration, u64, u64)
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let settings = ExtractSettings::with_defaults();
+    // PDFs go to the child binary built beside this one (this binary does not act as one).
+    let settings = ExtractSettings {
+        pdf_command: vec![
+            std::env::current_exe()?
+                .with_file_name("sluice-extract-pdf")
+                .into(),
+        ],
+        ..ExtractSettings::with_defaults()
+    };
     let chunker = Chunker::new(args.max_tokens, args.overlap)?;
     if args.scaling {
         let old = OldChunker::new(args.max_tokens, args.overlap);

@@ -5,7 +5,8 @@
 //! chunks; `--json` and `--plot` write the figures and a tokens/s plot. `--mode chaos` runs the
 //! fleet under faults (kills, freezes past the lease, outages, provider storms, changes and
 //! deletes) and audits every document afterwards; it exits 1 when anything was lost, doubled,
-//! stale, miscounted or unexpectedly dead-lettered.
+//! stale, miscounted or unexpectedly dead-lettered. `--mode coldstart` times a worker from process
+//! start to its first ack, against the same document on a warm worker.
 //!
 //! ```sh
 //! cargo build --release --bin sluice --bin sluice-worker --bin sluice-bench --bin sluice-extract-pdf
@@ -15,6 +16,7 @@
 //! # the long chaos run (30 s outages, 10 minutes of chaos):
 //! target/release/sluice-bench --mode chaos --workers 3 --docs 500 --chaos-secs 600 \
 //!     --outage-secs 30 --json chaos.json
+//! target/release/sluice-bench --mode coldstart --runs 7 --docs 20 --mix 0,100,0,0 --latency-ms 0
 //! ```
 
 use std::collections::HashMap;
@@ -24,9 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use sluice_loadtests::bench::figures::Figures;
-use sluice_loadtests::bench::{fleet, ingest, plot};
+use sluice_loadtests::bench::{coldstart, fleet, ingest, plot};
 use sluice_loadtests::chaos::ChaosOptions;
-use sluice_loadtests::corpus::{CorpusSpec, generate};
+use sluice_loadtests::corpus::{CorpusSpec, CorpusStats, generate};
 use sluice_loadtests::emulator::{EmulatorConfig, EmulatorHandle};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,6 +39,8 @@ enum Mode {
     Fleet,
     /// The fleet under chaos, then an audit of ledger, index and DLQ (see `chaos`).
     Chaos,
+    /// Scale from zero: a job waits, a worker starts; time to its first ack (`--runs` times).
+    Coldstart,
 }
 
 #[derive(Parser)]
@@ -47,6 +51,9 @@ struct Args {
     /// Worker processes (fleet mode).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Cold starts measured (coldstart mode).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
     /// Documents in the generated corpus.
     #[arg(long, default_value_t = 1000)]
     docs: usize,
@@ -56,6 +63,10 @@ struct Args {
     /// Format mix in percent: pdf,markdown,html,text.
     #[arg(long, default_value = "25,25,25,25")]
     mix: String,
+    /// Use the files of this folder (not recursive) instead of a generated corpus, e.g. one
+    /// assembled by loadtests/real-corpus.sh.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
     /// Large PDFs added to the corpus.
     #[arg(long, default_value_t = 0)]
     large_pdfs: usize,
@@ -124,6 +135,22 @@ struct Args {
     work_dir: Option<PathBuf>,
 }
 
+/// Files and bytes of a corpus folder given with `--corpus`.
+fn existing_corpus(dir: &std::path::Path) -> anyhow::Result<CorpusStats> {
+    let mut stats = CorpusStats { files: 0, bytes: 0 };
+    for entry in std::fs::read_dir(dir)? {
+        let meta = entry?.metadata()?;
+        if meta.is_file() {
+            stats.files += 1;
+            stats.bytes += meta.len();
+        }
+    }
+    if stats.files == 0 {
+        bail!("--corpus {} holds no files", dir.display());
+    }
+    Ok(stats)
+}
+
 fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     let path = match given {
         Some(path) => path.clone(),
@@ -162,27 +189,38 @@ fn main() -> anyhow::Result<()> {
     // Resolve the binaries before spending minutes on a corpus.
     let program = match args.mode {
         Mode::Ingest => binary(&args.sluice, "sluice")?,
-        Mode::Fleet | Mode::Chaos => binary(&args.worker_bin, "sluice-worker")?,
+        Mode::Fleet | Mode::Chaos | Mode::Coldstart => binary(&args.worker_bin, "sluice-worker")?,
     };
     if args.mode == Mode::Chaos {
         return chaos(&args, program, env);
     }
 
     let work = tempfile::tempdir()?;
-    let corpus_dir = work.path().join("corpus");
-    eprintln!(
-        "generating {} documents (+{} large PDFs)…",
-        args.docs, args.large_pdfs
-    );
-    let spec = CorpusSpec {
-        documents: args.docs,
-        doc_bytes: args.doc_bytes,
-        mix: [pdf, md, html, txt],
-        large_pdfs: args.large_pdfs,
-        large_pdf_bytes: args.large_pdf_mb << 20,
-        ..Default::default()
+    let (corpus_dir, corpus) = match &args.corpus {
+        Some(dir) => {
+            let dir = std::fs::canonicalize(dir)
+                .with_context(|| format!("--corpus {}", dir.display()))?;
+            let stats = existing_corpus(&dir)?;
+            (dir, stats)
+        }
+        None => {
+            let corpus_dir = work.path().join("corpus");
+            eprintln!(
+                "generating {} documents (+{} large PDFs)…",
+                args.docs, args.large_pdfs
+            );
+            let spec = CorpusSpec {
+                documents: args.docs,
+                doc_bytes: args.doc_bytes,
+                mix: [pdf, md, html, txt],
+                large_pdfs: args.large_pdfs,
+                large_pdf_bytes: args.large_pdf_mb << 20,
+                ..Default::default()
+            };
+            let stats = generate(&corpus_dir, &spec)?;
+            (corpus_dir, stats)
+        }
     };
-    let corpus = generate(&corpus_dir, &spec)?;
 
     let rt = tokio::runtime::Runtime::new()?;
     let emulator: Option<EmulatorHandle> = if args.provider == "bm25" {
@@ -219,7 +257,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(c) = args.concurrency {
         let key = match args.mode {
             Mode::Ingest => "SLUICE_CONCURRENCY",
-            Mode::Fleet | Mode::Chaos => "SLUICE_WORKER_CONCURRENCY",
+            Mode::Fleet | Mode::Chaos | Mode::Coldstart => "SLUICE_WORKER_CONCURRENCY",
         };
         env.entry(key.into()).or_insert(c.to_string());
     }
@@ -230,23 +268,37 @@ fn main() -> anyhow::Result<()> {
         corpus.files,
         corpus.bytes as f64 / 1e6
     );
+    let fleet_options = || -> anyhow::Result<fleet::FleetOptions> {
+        std::fs::create_dir_all(work.path().join("logs"))?;
+        Ok(fleet::FleetOptions {
+            workers: args.workers,
+            worker_bin: program.clone(),
+            database_url: args.database_url.clone(),
+            env: env.clone(),
+            timeout: Duration::from_secs(args.timeout_secs),
+            log_dir: work.path().join("logs"),
+        })
+    };
+    if args.mode == Mode::Coldstart {
+        let figures = rt.block_on(coldstart::run(&fleet_options()?, &corpus_dir, args.runs))?;
+        print!("{}", figures.render());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(emulator) = emulator {
+            rt.block_on(emulator.shutdown())?;
+        }
+        return Ok(());
+    }
     let (mut figures, started, finished): (Figures, Instant, Instant) = match args.mode {
-        Mode::Chaos => unreachable!("handled above"),
+        Mode::Chaos | Mode::Coldstart => unreachable!("handled above"),
         Mode::Ingest => {
             let out = ingest::run(&program, &corpus_dir, &work.path().join("data"), &env)?;
             (out.figures, out.started, out.finished)
         }
         Mode::Fleet => {
-            std::fs::create_dir_all(work.path().join("logs"))?;
-            let options = fleet::FleetOptions {
-                workers: args.workers,
-                worker_bin: program.clone(),
-                database_url: args.database_url.clone(),
-                env: env.clone(),
-                timeout: Duration::from_secs(args.timeout_secs),
-                log_dir: work.path().join("logs"),
-            };
-            let out = rt.block_on(fleet::run(&options, &corpus_dir))?;
+            let out = rt.block_on(fleet::run(&fleet_options()?, &corpus_dir))?;
             let started = out.started.expect("fleet run start");
             let finished = out.finished.expect("fleet run end");
             (out.figures, started, finished)

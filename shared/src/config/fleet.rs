@@ -17,7 +17,11 @@ pub struct FleetConfig {
     /// (default 20), `SLUICE_PREFETCH` (default 16).
     pub queue: QueueSettings,
     /// `SLUICE_WORKER_CONCURRENCY`: jobs one worker processes at once (default: the prefetch).
+    /// With neither it nor `SLUICE_PREFETCH` set, the worker starts here and sizes itself.
     pub worker_concurrency: usize,
+    /// Fixed when `SLUICE_WORKER_CONCURRENCY` or `SLUICE_PREFETCH` is set; otherwise automatic,
+    /// up to `SLUICE_WORKER_MAX_CONCURRENCY` (default 256).
+    pub worker_sizing: WorkerSizing,
     /// `SLUICE_MAX_ATTEMPTS`: delayed retries of a transiently failing job before it is
     /// dead-lettered (default 5).
     pub max_attempts: u32,
@@ -26,6 +30,16 @@ pub struct FleetConfig {
     pub shutdown_deadline: Duration,
     /// `SLUICE_HTTP_LISTEN`: address of `/healthz`, `/readyz` and `/metrics` (default `0.0.0.0:9090`).
     pub http_listen: SocketAddr,
+}
+
+/// How a worker decides how many jobs it holds and processes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerSizing {
+    /// As configured.
+    Fixed,
+    /// Concurrency and prefetch grow from the initial value while every slot is busy and the
+    /// provider's limit has room (see `worker/src/sizing.rs`), up to `max`.
+    Auto { max: usize },
 }
 
 pub(super) fn load(l: &Loader) -> Result<FleetConfig, ConfigError> {
@@ -70,14 +84,28 @@ pub(super) fn load(l: &Loader) -> Result<FleetConfig, ConfigError> {
         retry_queue_prefix: format!("{prefix}.retry"),
         retry_delays,
         delivery_limit: l.get("queue_delivery_limit", defaults.delivery_limit)?,
-        prefetch: l.get("prefetch", defaults.prefetch)?,
+        prefetch: l.opt("prefetch")?.unwrap_or(defaults.prefetch),
         ..defaults
+    };
+    let fixed_concurrency: Option<usize> = l.opt("worker_concurrency")?;
+    let worker_sizing = if fixed_concurrency.is_none() && l.opt::<u16>("prefetch")?.is_none() {
+        let max: usize = l.get("worker_max_concurrency", 256)?;
+        if max < usize::from(queue.prefetch) || max > usize::from(u16::MAX) {
+            return Err(invalid(
+                "SLUICE_WORKER_MAX_CONCURRENCY",
+                format!("must be between {} and {}", queue.prefetch, u16::MAX),
+            ));
+        }
+        WorkerSizing::Auto { max }
+    } else {
+        WorkerSizing::Fixed
     };
     queue
         .validate()
         .map_err(|e| invalid("SLUICE_QUEUE_*", e.to_string()))?;
     let fleet = FleetConfig {
-        worker_concurrency: l.get("worker_concurrency", usize::from(queue.prefetch))?,
+        worker_concurrency: fixed_concurrency.unwrap_or(usize::from(queue.prefetch)),
+        worker_sizing,
         max_attempts: l.get("max_attempts", 5)?,
         shutdown_deadline: l.secs("shutdown_deadline_secs", 25)?,
         http_listen: l.get("http_listen", SocketAddr::from(([0, 0, 0, 0], 9090)))?,

@@ -15,7 +15,7 @@ use crate::secret::{Secret, redact_url};
 
 mod fleet;
 mod scheduler;
-pub use fleet::FleetConfig;
+pub use fleet::{FleetConfig, WorkerSizing};
 pub use scheduler::{SchedulerConfig, ServeRole};
 
 #[derive(Debug, thiserror::Error)]

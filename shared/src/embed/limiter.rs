@@ -24,6 +24,7 @@ mod governor;
 mod headers;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -34,6 +35,32 @@ pub use governor::{Admission, LimiterSettings, RateGovernor, RequestOutcome};
 pub use headers::{RateHeaders, parse_reset};
 
 use crate::metrics::{EMBED_CONCURRENCY_LIMIT, EMBED_LIMITER_WAIT_SECONDS};
+
+/// Requests waiting for admission in every limiter of this process.
+static WAITING: AtomicU64 = AtomicU64::new(0);
+
+/// Embedding requests of this process waiting right now for a limit (concurrency, Retry-After,
+/// TPM/RPM, the fleet budget) to let them go. A worker sizing itself samples it: more documents
+/// in flight only help while requests do not queue here.
+pub fn requests_waiting() -> u64 {
+    WAITING.load(Ordering::Relaxed)
+}
+
+/// Counts one request in [`WAITING`] until dropped (admitted or given up).
+struct Waiting;
+
+impl Waiting {
+    fn enter() -> Self {
+        WAITING.fetch_add(1, Ordering::Relaxed);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Admission control shared by all requests of one embedder (see the module docs).
 #[derive(Debug)]
@@ -109,6 +136,7 @@ impl EmbedLimiter {
     /// Waits until a request of `estimated_tokens` may be sent. Cancel-safe: dropping the future
     /// gives up the place in the queue.
     pub async fn acquire(self: &Arc<Self>, estimated_tokens: u64) -> LimiterPermit {
+        let _waiting = Waiting::enter();
         let permit = self.acquire_local(estimated_tokens).await;
         self.draw_from_fleet(permit, estimated_tokens).await
     }

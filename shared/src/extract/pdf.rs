@@ -10,26 +10,32 @@
 //! [`ExtractError`] and the worker lives on.
 //!
 //! The child runs with a cleared environment, in its own process group, under address-space,
-//! CPU-time, open-file and file-size limits; at most `SLUICE_PDF_MAX_CHILDREN` run at once.
+//! CPU-time, open-file and file-size limits; at most `SLUICE_PDF_MAX_CHILDREN` run at once. It
+//! parses with pdf_oxide and falls back to pdf-extract ([`engines`]); a child that crashes is run
+//! once more with pdf-extract alone.
 //!
 //! Test-only fault injection: the environment variable [`FAULT_ENV`]
-//! (`SLUICE_PDF_CHILD_FAULT=abort|stack-overflow|hang|report-env|sigkill:<dir>`) makes the child
-//! abort, overflow its stack by real recursion, sleep forever, report its environment's names, or
-//! mark `<dir>` and SIGKILL itself, after reading its input and before parsing. It exists so tests
+//! (`SLUICE_PDF_CHILD_FAULT=abort|abort-in-auto|stack-overflow|hang|report-env|sigkill:<dir>`)
+//! makes the child abort (`abort-in-auto`: only with both engines, as a pdf_oxide crash would),
+//! overflow its stack by real recursion, sleep forever, report its environment's names, or mark
+//! `<dir>` and SIGKILL itself, after reading its input and before parsing. It exists so tests
 //! can prove the parent survives a parser that kills its process; never set it in production.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+mod engines;
+
+pub use engines::{ENGINE_ENV, Engine};
+
 use super::{ExtractError, ExtractSettings};
-use crate::model::{DocFormat, ExtractedDoc, Section};
+use crate::model::ExtractedDoc;
 
 /// Hidden first argument that makes the `sluice` and `sluice-worker` binaries act as the PDF child.
 pub const CHILD_ARG: &str = "__extract-pdf";
@@ -130,9 +136,14 @@ fn child_run() -> io::Result<()> {
     let mut reply_channel = take_stdout_for_reply()?;
     let mut bytes = Vec::new();
     io::stdin().lock().read_to_end(&mut bytes)?;
+    let engine = Engine::from_env();
     let reply = match std::env::var(FAULT_ENV) {
+        // A parser that crashes on this document, which the other engine reads.
+        Ok(fault) if fault == "abort-in-auto" && engine == Engine::PdfExtract => {
+            engines::parse(&bytes, engine)
+        }
         Ok(fault) => inject_fault(&fault),
-        Err(_) => parse_catching_panics(&bytes),
+        Err(_) => engines::parse(&bytes, engine),
     };
     serde_json::to_writer(&mut reply_channel, &reply).map_err(io::Error::other)?;
     reply_channel.flush()
@@ -156,7 +167,7 @@ fn take_stdout_for_reply() -> io::Result<std::fs::File> {
 
 fn inject_fault(fault: &str) -> ChildReply {
     match fault {
-        "abort" => std::process::abort(),
+        "abort" | "abort-in-auto" => std::process::abort(),
         "stack-overflow" => {
             let depth = recurse(0);
             ChildReply::Failed {
@@ -196,84 +207,6 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + u64::from(std::hint::black_box(frame)[0])
 }
 
-fn parse_catching_panics(bytes: &[u8]) -> ChildReply {
-    match catch_unwind(AssertUnwindSafe(|| parse_pages(bytes))) {
-        Ok(Ok((doc, failed_pages))) => ChildReply::Ok { doc, failed_pages },
-        Ok(Err(detail)) => ChildReply::Corrupt { detail },
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".into());
-            ChildReply::Corrupt {
-                detail: format!("parser panicked: {message}"),
-            }
-        }
-    }
-}
-
-type ParsedPdf = (ExtractedDoc, Vec<(u32, String)>);
-
-/// Parse in this process (only ever called in the child). One section per page, 1-based page
-/// numbers as in the document's page tree. A page the parser rejects is skipped and reported
-/// rather than silently ending the document (which is what pdf-extract's own by-pages helper
-/// does).
-fn parse_pages(bytes: &[u8]) -> Result<ParsedPdf, String> {
-    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
-    if doc.is_encrypted() {
-        // Many "encrypted" PDFs only restrict printing and open with the empty password.
-        doc.decrypt("")
-            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
-    }
-    let mut sections = Vec::new();
-    let mut failed_pages = Vec::new();
-    for &page in doc.get_pages().keys() {
-        let mut text = String::new();
-        let result = {
-            let mut output = pdf_extract::PlainTextOutput::new(&mut text);
-            pdf_extract::output_doc_page(&doc, &mut output, page)
-        };
-        match result {
-            Ok(()) => sections.push(Section {
-                text: tidy_page(&text),
-                page: Some(page),
-            }),
-            Err(error) => failed_pages.push((page, error.to_string())),
-        }
-    }
-    if sections.is_empty() {
-        return match failed_pages.first() {
-            Some((page, error)) => Err(format!("no readable page (page {page}: {error})")),
-            None => Err("the document has no pages".into()),
-        };
-    }
-    let title = info_title(&doc);
-    Ok((
-        ExtractedDoc {
-            format: DocFormat::Pdf,
-            title,
-            sections,
-        },
-        failed_pages,
-    ))
-}
-
-/// The `/Title` of the document information dictionary, if present and non-empty.
-fn info_title(doc: &pdf_extract::Document) -> Option<String> {
-    let info = doc.trailer.get_deref(b"Info", doc).ok()?.as_dict().ok()?;
-    let title = pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?;
-    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!title.is_empty()).then_some(title)
-}
-
-/// pdf-extract pads pages with blank lines and trailing spaces; keep the line structure, drop the
-/// padding.
-fn tidy_page(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-    lines.join("\n").trim().to_string()
-}
-
 /// Extract a PDF in a child process with the time and memory limits from `settings`. The child
 /// is killed on timeout and when this future is dropped, and always reaped. At most
 /// `settings.pdf_children` children run at once in this process; a child killed by a signal from
@@ -292,18 +225,34 @@ pub async fn extract_in_child(
             source: io::Error::other(e),
         })?;
     let mut retries = 0;
+    let mut engine = Engine::Auto;
     loop {
         // The bytes are shared, not copied: a retry needs them again.
-        match extract_once(name, bytes.clone(), settings).await {
+        match extract_once(name, bytes.clone(), settings, engine).await {
             Err(ExtractError::Crashed { detail, .. })
                 if retries < SIGNAL_RETRIES && detail.starts_with(KILLED_BY_SIGNAL) =>
             {
                 retries += 1;
-                tracing::warn!(name, %detail, "pdf child killed by a signal; trying once more");
+                // A parser that brought its process down (a stack overflow aborts) may do so
+                // again; the other engine may not. A kill from outside gets the same again.
+                if engine == Engine::Auto && crashed_by_parser(&detail) {
+                    engine = Engine::PdfExtract;
+                    tracing::warn!(name, %detail, "pdf child crashed; trying pdf-extract alone");
+                } else {
+                    tracing::warn!(name, %detail, "pdf child killed by a signal; trying once more");
+                }
             }
             other => return other,
         }
     }
+}
+
+/// Whether a child's end was its own doing (abort, segmentation fault, bus error) rather than a
+/// signal from outside (the OOM killer's SIGKILL, a SIGTERM to its group).
+fn crashed_by_parser(detail: &str) -> bool {
+    [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL]
+        .iter()
+        .any(|signal| detail.starts_with(&format!("{KILLED_BY_SIGNAL} {signal} ")))
 }
 
 /// How [`describe_failure`] starts the detail of a child that a signal ended.
@@ -313,6 +262,7 @@ async fn extract_once(
     name: &str,
     bytes: bytes::Bytes,
     settings: &ExtractSettings,
+    engine: Engine,
 ) -> Result<ExtractedDoc, ExtractError> {
     let io_error = |source: io::Error| ExtractError::Io {
         name: name.to_string(),
@@ -330,6 +280,7 @@ async fn extract_once(
     command
         .args(args)
         .env_clear()
+        .env(ENGINE_ENV, engine.as_str())
         .env(MEMORY_LIMIT_ENV, settings.pdf_memory_limit.to_string())
         .env(
             CPU_LIMIT_ENV,
@@ -562,6 +513,7 @@ fn signal_name(signal: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{DocFormat, Section};
 
     #[test]
     fn crash_detail_names_the_signal_and_message() {
@@ -615,14 +567,6 @@ mod tests {
         assert!(matches!(
             read_reply(Some(pipe_with(b"{\"status\":\"ok\",")), 1 << 20),
             ReplyRead::Unreadable(_)
-        ));
-    }
-
-    #[test]
-    fn garbage_is_corrupt_not_a_panic() {
-        assert!(matches!(
-            parse_catching_panics(b"%PDF-1.4\nnot really"),
-            ChildReply::Corrupt { .. }
         ));
     }
 

@@ -24,8 +24,14 @@ use super::{Publisher, QueueError, QueueSettings};
 pub struct Consumer {
     channel: Channel,
     inner: lapin::Consumer,
+    /// Consumers replaced by [`Consumer::set_prefetch`]: cancelled, still yielding what the
+    /// broker had already sent them.
+    retiring: Vec<lapin::Consumer>,
     publisher: Arc<Publisher>,
+    queue: String,
+    base_tag: String,
     tag: String,
+    generation: u32,
 }
 
 impl Consumer {
@@ -80,9 +86,46 @@ impl Consumer {
         Ok(Consumer {
             channel,
             inner,
+            retiring: Vec::new(),
             publisher,
+            queue: settings.work_queue.clone(),
+            base_tag: tag.to_string(),
             tag: tag.to_string(),
+            generation: 0,
         })
+    }
+
+    /// Changes how many unacked deliveries the broker sends this consumer. Per-consumer prefetch
+    /// is fixed when a consumer starts (and quorum queues refuse the channel-wide kind), so a new
+    /// consumer starts on the same channel with the new prefetch and the old one is cancelled;
+    /// what the broker already sent the old one is still yielded by [`Self::next`] — nothing is
+    /// handed back, so no delivery count grows.
+    pub async fn set_prefetch(&mut self, prefetch: u16) -> Result<(), QueueError> {
+        let channel_error = |what| move |source| QueueError::Channel { what, source };
+        self.channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(channel_error("setting prefetch"))?;
+        self.generation += 1;
+        let tag = format!("{}.{}", self.base_tag, self.generation);
+        let inner = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(channel_error("starting the resized consumer"))?;
+        self.channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .await
+            .map_err(channel_error("cancelling the replaced consumer"))?;
+        self.retiring
+            .push(std::mem::replace(&mut self.inner, inner));
+        self.tag = tag;
+        Ok(())
     }
 
     /// The next delivery; `None` once the consumer is cancelled. A dropped connection is waited
@@ -90,6 +133,20 @@ impl Consumer {
     /// old channel are redelivered by the broker and their settles fail with
     /// [`QueueError::ChannelGone`]). An unrecoverable channel error is returned.
     pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        while let Some(old) = self.retiring.first_mut() {
+            match old.next().await {
+                Some(Ok(inner)) => {
+                    return Some(Ok(Delivery {
+                        inner,
+                        publisher: self.publisher.clone(),
+                    }));
+                }
+                // Its channel is this consumer's: a failure shows on the current one too.
+                Some(Err(_)) | None => {
+                    self.retiring.remove(0);
+                }
+            }
+        }
         loop {
             match self.inner.next().await? {
                 Ok(inner) => {

@@ -1,6 +1,6 @@
-//! Hostile text inputs (issue 10): every file from the loadtests generator goes through the real
-//! extract and chunk stages and must end — indexed, or failed with an error naming the file —
-//! within a stated time and with bounded memory. The bound is generous (a loaded 2-core CI machine
+//! Hostile inputs (issue 10): every file from the loadtests generator goes through the real
+//! extract and chunk stages (PDFs through the real PDF child) and must end — indexed, or failed
+//! with an error naming the file — within a stated time and with bounded memory. The bound is generous (a loaded 2-core CI machine
 //! running the test profile); release timings are in the README's Performance section.
 
 use std::time::{Duration, Instant};
@@ -11,8 +11,11 @@ use sluice_shared::chunk::Chunker;
 use sluice_shared::extract::{self, ExtractError, ExtractSettings};
 use tokio_util::sync::CancellationToken;
 
-/// Per file, extract + chunk. Release takes a few seconds at most for the largest (50 MB).
-const TIME_BOUND: Duration = Duration::from_secs(60);
+/// Per file, extract + chunk: 12 s for the largest (50 MB) here in the test profile when the
+/// machine is otherwise idle; the bound allows for a loaded 2-core CI machine.
+const TIME_BOUND: Duration = Duration::from_secs(150);
+/// The PDF child as the binaries run it.
+const PDF_CHILD: &str = env!("CARGO_BIN_EXE_sluice-extract-pdf");
 /// Peak resident memory growth allowed while one file is processed: the 50 MB file is held as
 /// bytes and as text (~100 MB); chunks are streamed, never all held.
 const RSS_BOUND_MB: u64 = 768;
@@ -73,11 +76,14 @@ async fn ingest(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_hostile_text_file_ends_in_bounded_time_and_memory() {
+async fn every_hostile_file_ends_in_bounded_time_and_memory() {
     let dir = tempfile::tempdir().unwrap();
     let files = write_hostile_files(dir.path()).unwrap();
-    assert!(files.len() >= 10);
-    let settings = ExtractSettings::with_defaults();
+    assert!(files.len() >= 12);
+    let settings = ExtractSettings {
+        pdf_command: vec![PDF_CHILD.into()],
+        ..ExtractSettings::with_defaults()
+    };
     let chunker = Chunker::new(512, 64).unwrap();
     let mut report = Vec::new();
     for file in &files {
