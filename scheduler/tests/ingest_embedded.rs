@@ -167,7 +167,8 @@ fn bad_files_fail_cleanly_and_the_rest_is_indexed() {
         );
         f["reason"].as_str().unwrap().to_string()
     };
-    assert_eq!(reason_of("truncated.pdf"), "corrupt");
+    // pdf_oxide reads what survives of a cut PDF; here that is no text at all.
+    assert!(["corrupt", "no_text"].contains(&reason_of("truncated.pdf").as_str()));
     assert!(["corrupt", "unsupported_format"].contains(&reason_of("random.pdf").as_str()));
     assert_eq!(reason_of("empty.txt"), "empty");
     assert_eq!(reason_of("huge.txt"), "too_large");

@@ -116,8 +116,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         if resized.has_changed().unwrap_or(false) {
             let size = *resized.borrow_and_update();
             consumer_settings.prefetch = u16::try_from(size).unwrap_or(u16::MAX);
+            // A broken channel shows in `next` below, which waits for lapin's recovery; until
+            // then the old prefetch stands.
             if let Err(e) = consumer.set_prefetch(consumer_settings.prefetch).await {
-                break Err(anyhow::Error::new(e).context("resizing the consumer's prefetch"));
+                tracing::warn!(error = %e, "could not resize the consumer's prefetch");
             }
         }
         if outages.paused().is_some() {

@@ -118,10 +118,23 @@ impl Consumer {
             )
             .await
             .map_err(channel_error("starting the resized consumer"))?;
-        self.channel
+        if let Err(source) = self
+            .channel
             .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
             .await
-            .map_err(channel_error("cancelling the replaced consumer"))?;
+        {
+            // Keep the old consumer: the new one is cancelled (best effort) and what it already
+            // received is still drained by `next`, so no delivery is left unread.
+            let _ = self
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            self.retiring.push(inner);
+            return Err(QueueError::Channel {
+                what: "cancelling the replaced consumer",
+                source,
+            });
+        }
         self.retiring
             .push(std::mem::replace(&mut self.inner, inner));
         self.tag = tag;
