@@ -144,7 +144,7 @@ fn tidy_page(text: &str) -> String {
     lines.join("\n").trim().to_string()
 }
 
-/// pdf_oxide, same contract as `parse_pages` (this is the function proposed in INTEGRATION.md).
+/// pdf_oxide, same contract as `parse_pages` (as `shared/src/extract/pdf/engines.rs` runs it).
 fn parse_pages_oxide(bytes: &[u8]) -> Result<Parsed, String> {
     oxide_pages(bytes, true)
 }
