@@ -139,6 +139,12 @@ impl Fleet {
             .unwrap();
     }
 
+    /// Publishes a plain index job for `source`, as a producer would.
+    pub async fn publish_index(&self, publisher: &Publisher, source: &str) {
+        let body = serde_json::json!({"schema_version": 1, "kind": "index", "source": source});
+        self.publish_raw(publisher, &body.to_string()).await;
+    }
+
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
         let path = self.docs.path().join(name);
         std::fs::write(&path, contents).unwrap();
@@ -309,12 +315,7 @@ pub async fn slow_fleet(n: usize, latency: Duration) -> (Fleet, crate::emulator:
             &format!("doc-{i}.md"),
             format!("# Doc {i}\n\n{}", paragraphs(&format!("t{i}"), 10)),
         );
-        fleet
-            .publish_raw(
-                &publisher,
-                &format!(r#"{{"schema_version":1,"kind":"index","source":"{uri}"}}"#),
-            )
-            .await;
+        fleet.publish_index(&publisher, &uri).await;
     }
     (fleet, emulator)
 }

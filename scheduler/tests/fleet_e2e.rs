@@ -52,12 +52,7 @@ async fn three_workers_index_a_generated_corpus_exactly_once() {
     // ...half as another service would publish them: the documented JSON, nothing else.
     for path in by_amqp {
         let uri = url::Url::from_file_path(path).unwrap();
-        fleet
-            .publish_raw(
-                &publisher,
-                &format!(r#"{{"schema_version":1,"kind":"index","source":"{uri}"}}"#),
-            )
-            .await;
+        fleet.publish_index(&publisher, uri.as_str()).await;
     }
 
     fleet

@@ -25,12 +25,7 @@ async fn worker_indexes_jobs_and_dead_letters_poison_with_reasons() {
     for (i, uri) in good.iter().enumerate() {
         // Half as raw JSON exactly as documented, half through the library's job type.
         if i % 2 == 0 {
-            fleet
-                .publish_raw(
-                    &publisher,
-                    &format!(r#"{{"schema_version":1,"kind":"index","source":"{uri}"}}"#),
-                )
-                .await;
+            fleet.publish_index(&publisher, &uri).await;
         } else {
             let job = sluice_shared::job::Job::new(sluice_shared::job::JobSpec::Index(
                 sluice_shared::job::IndexJob::new(uri.clone()),
@@ -51,18 +46,8 @@ async fn worker_indexes_jobs_and_dead_letters_poison_with_reasons() {
             r#"{"schema_version":99,"kind":"index","source":"file:///x.md"}"#,
         )
         .await;
-    fleet
-        .publish_raw(
-            &publisher,
-            &format!(r#"{{"schema_version":1,"kind":"index","source":"{corrupt}"}}"#),
-        )
-        .await;
-    fleet
-        .publish_raw(
-            &publisher,
-            &format!(r#"{{"schema_version":1,"kind":"index","source":"{missing}"}}"#),
-        )
-        .await;
+    fleet.publish_index(&publisher, &corrupt).await;
+    fleet.publish_index(&publisher, &missing).await;
 
     fleet
         .wait_for(Duration::from_secs(60), "12 indexed and 2 failed", |c| {

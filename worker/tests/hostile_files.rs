@@ -41,15 +41,7 @@ async fn every_hostile_file_ends_indexed_or_dead_lettered_and_the_worker_stays_b
 
     let started = Instant::now();
     for file in &files {
-        fleet
-            .publish_raw(
-                &publisher,
-                &format!(
-                    r#"{{"schema_version":1,"kind":"index","source":"{}"}}"#,
-                    uri_of(&file.path)
-                ),
-            )
-            .await;
+        fleet.publish_index(&publisher, &uri_of(&file.path)).await;
     }
     let indexed_expected = files.iter().filter(|f| f.expect == Expect::Indexed).count();
     let failing: Vec<_> = files
@@ -115,12 +107,7 @@ async fn every_hostile_file_ends_indexed_or_dead_lettered_and_the_worker_stays_b
 
     // Still healthy: an ordinary document after all that.
     let good = fleet.write("after.md", format!("# After\n\n{}", paragraphs("calm", 4)));
-    fleet
-        .publish_raw(
-            &publisher,
-            &format!(r#"{{"schema_version":1,"kind":"index","source":"{good}"}}"#),
-        )
-        .await;
+    fleet.publish_index(&publisher, &good).await;
     fleet
         .wait_for(Duration::from_secs(60), "the ordinary document", |c| {
             c.get(&DocStatus::Indexed) == Some(&(indexed_expected as i64 + 1))
@@ -184,17 +171,14 @@ async fn s3_keys_with_reserved_characters_name_exactly_one_object() {
     }
     let publisher = fleet.publisher().await;
     let worker = fleet.worker();
-    let job = |source: &str| {
-        serde_json::json!({"schema_version": 1, "kind": "index", "source": source}).to_string()
-    };
     for (_, uri) in &objects {
-        fleet.publish_raw(&publisher, &job(uri)).await;
+        fleet.publish_index(&publisher, uri).await;
     }
     fleet
-        .publish_raw(&publisher, &job("s3://weird/keys/what?.md"))
+        .publish_index(&publisher, "s3://weird/keys/what?.md")
         .await;
     fleet
-        .publish_raw(&publisher, &job("s3://payroll/salaries.md"))
+        .publish_index(&publisher, "s3://payroll/salaries.md")
         .await;
 
     fleet

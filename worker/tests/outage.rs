@@ -114,12 +114,7 @@ async fn an_outage_pauses_intake_and_dead_letters_nothing(down: Down) {
             &format!("doc-{i}.md"),
             format!("# Doc {i}\n\n{}", paragraphs(&format!("topic{i}"), 10)),
         );
-        fleet
-            .publish_raw(
-                &publisher,
-                &format!(r#"{{"schema_version":1,"kind":"index","source":"{uri}"}}"#),
-            )
-            .await;
+        fleet.publish_index(&publisher, &uri).await;
     }
 
     // The worker finds the dependency down, pauses and says so.

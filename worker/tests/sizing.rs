@@ -30,12 +30,7 @@ async fn publish_docs(fleet: &Fleet, n: usize) {
             &format!("doc-{i}.md"),
             format!("# Doc {i}\n\n{}", paragraphs(&format!("topic {i}"), 3)),
         );
-        fleet
-            .publish_raw(
-                &publisher,
-                &format!(r#"{{"schema_version":1,"kind":"index","source":"{uri}"}}"#),
-            )
-            .await;
+        fleet.publish_index(&publisher, &uri).await;
     }
 }
 
