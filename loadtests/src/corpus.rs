@@ -42,7 +42,7 @@ pub struct CorpusStats {
     pub bytes: u64,
 }
 
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "ingestion",
     "pipeline",
     "vector",

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sluice_loadtests::qdrant_server::{Backend, test_qdrant};
 use sluice_shared::model::{ChunkPayload, Point, SearchHit, SparseVector, Vectors};
 use sluice_shared::secret::Secret;
-use sluice_shared::store::edge::EdgeStore;
+use sluice_shared::store::edge::{EdgeStore, OPTIMIZE_AFTER_POINTS};
 use sluice_shared::store::qdrant::QdrantStore;
 use sluice_shared::store::{CollectionSpec, SearchQuery, StoreError, VectorStore};
 
@@ -733,38 +733,24 @@ async fn in_process_standin_shares_the_edge_store_layout() {
     assert_eq!(edge.count("c", Some("a")).await.unwrap(), 4);
 }
 
-/// Past `OPTIMIZE_AFTER_POINTS` the stand-in turns its appendable segment into an indexed one, as
-/// the real server's optimizers do. Points then live in segments of both kinds; counting, listing,
-/// version deletes and search must not notice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standin_optimizes_as_collections_grow_and_keeps_every_point() {
-    let standin = common::standin::start_standin().await;
-    let store = QdrantStore::connect(&standin.url, None).unwrap();
+/// Writes past `OPTIMIZE_AFTER_POINTS`, so that the store's optimizers have run; returns the
+/// points written.
+async fn grow_past_an_optimization(store: &dyn VectorStore) -> Vec<Point> {
     store.ensure_collection(&hybrid("c")).await.unwrap();
     let per_doc = 700u32;
-    let docs = (sluice_loadtests::standin::OPTIMIZE_AFTER_POINTS as u32 / per_doc) + 2;
+    let docs = (OPTIMIZE_AFTER_POINTS as u32 / per_doc) + 2;
     let mut kept = Vec::new();
     for d in 0..docs {
         let points = doc_points(&format!("doc-{d}"), 1, per_doc, (d % 8) as usize);
         store.upsert("c", points.clone()).await.unwrap();
         kept.extend(points);
     }
-    let client = qdrant_client::Qdrant::from_url(&standin.url)
-        .build()
-        .unwrap();
-    let info = client
-        .collection_info(qdrant_client::qdrant::GetCollectionInfoRequest {
-            collection_name: "c".into(),
-        })
-        .await
-        .unwrap()
-        .result
-        .unwrap();
-    assert!(
-        info.segments_count >= 2,
-        "no optimization ran: {} segment(s)",
-        info.segments_count
-    );
+    kept
+}
+
+/// After an optimization points live in segments of both kinds; counting, listing, version
+/// deletes and search must not notice.
+async fn every_point_survives_optimization(store: &dyn VectorStore, mut kept: Vec<Point>) {
     // doc-0 was written first, so it sits in an optimized segment: replace it with a new version.
     let replacement: Vec<Point> = (0..3)
         .map(|i| point("doc-0", 2, i, Some(dense(5, 0.1)), &[(999_999, 1.0)], None))
@@ -795,4 +781,43 @@ async fn standin_optimizes_as_collections_grow_and_keeps_every_point() {
         vec![("doc-0", 2); 3],
         "only the new version matches its term"
     );
+}
+
+/// The embedded store optimizes as it grows (as `sluice ingest` of a large corpus needs), and
+/// after a restart the optimized collection still holds every point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_optimizes_as_collections_grow_and_keeps_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::open(dir.path()).await.unwrap();
+    let kept = grow_past_an_optimization(&store).await;
+    drop(store);
+    let store = EdgeStore::open(dir.path()).await.unwrap();
+    store.ensure_collection(&hybrid("c")).await.unwrap();
+    every_point_survives_optimization(&store, kept).await;
+}
+
+/// Past `OPTIMIZE_AFTER_POINTS` the stand-in turns its appendable segment into an indexed one, as
+/// the real server's optimizers do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standin_optimizes_as_collections_grow_and_keeps_every_point() {
+    let standin = common::standin::start_standin().await;
+    let store = QdrantStore::connect(&standin.url, None).unwrap();
+    let kept = grow_past_an_optimization(&store).await;
+    let client = qdrant_client::Qdrant::from_url(&standin.url)
+        .build()
+        .unwrap();
+    let info = client
+        .collection_info(qdrant_client::qdrant::GetCollectionInfoRequest {
+            collection_name: "c".into(),
+        })
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    assert!(
+        info.segments_count >= 2,
+        "no optimization ran: {} segment(s)",
+        info.segments_count
+    );
+    every_point_survives_optimization(&store, kept).await;
 }

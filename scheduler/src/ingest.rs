@@ -34,7 +34,7 @@ pub struct IngestArgs {
     /// Re-index every document even if unchanged.
     #[arg(long)]
     pub force: bool,
-    /// Documents processed at once (default SLUICE_CONCURRENCY, else 16).
+    /// Documents processed at once (default SLUICE_CONCURRENCY, else 64).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Print the summary as JSON on stdout.

@@ -34,6 +34,10 @@ struct Cli {
     /// Where the embedded store and SQLite metadata live (SLUICE_DATA_DIR).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Refuse to start when a SLUICE_* variable or config-file key names no setting (without
+    /// it such names are only warned about).
+    #[arg(long, global = true, env = "SLUICE_STRICT")]
+    strict: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +82,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         settings.data_dir = dir;
     }
     sluice_shared::telemetry::init(settings.log_format, "warn,qdrant_edge=error,sluice=info");
+    settings
+        .report_unknown(cli.strict)
+        .context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

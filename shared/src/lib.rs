@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod reindex;
 pub mod secret;
+pub mod shutdown;
 pub mod source;
 pub mod store;
 pub mod telemetry;

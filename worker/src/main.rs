@@ -25,6 +25,10 @@ struct Cli {
     /// TOML configuration file (environment variables win).
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
+    /// Refuse to start when a SLUICE_* variable or config-file key names no setting (without
+    /// it such names are only warned about).
+    #[arg(long, env = "SLUICE_STRICT")]
+    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,34 +47,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("invalid configuration")?;
     sluice_shared::telemetry::init(settings.log_format, "warn,qdrant_edge=error,sluice=info");
+    settings
+        .report_unknown(cli.strict)
+        .context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        sluice_shared::shutdown::cancel_on_signal(shutdown.clone(), "stopping intake");
         service::run(settings, shutdown).await
     });
     // Blocking work of abandoned documents must not hold the exit: dropping the runtime would
     // wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping intake"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping intake"),
-    }
-    shutdown.cancel();
 }

@@ -42,17 +42,17 @@ const ABANDON_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let prometheus = sluice_shared::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let fleet = settings.fleet.clone();
-    let Some(pipeline) = build_pipeline_when_reachable(&settings, &shutdown).await? else {
+    // The stores and the broker are independent: connecting to them at once makes a worker that
+    // KEDA starts for a waiting job consume sooner (scale from zero).
+    let (pipeline, broker) = tokio::join!(
+        build_pipeline_when_reachable(&settings, &shutdown),
+        connect_broker(&fleet.queue)
+    );
+    let Some(pipeline) = pipeline? else {
         return Ok(());
     };
     let pipeline = Arc::new(pipeline);
-    let connection = Arc::new(queue::connect(&fleet.queue).await?);
-    let setup = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    queue::declare_topology(&setup, &fleet.queue).await?;
-    let publisher = Arc::new(Publisher::connect(&fleet.queue).await?);
+    let (connection, publisher) = broker?;
 
     let ops_stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(fleet.http_listen)
@@ -75,7 +75,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ops_stop.clone(),
     ));
 
-    let tag = format!("sluice-worker-{}-{}", hostname(), std::process::id());
+    let tag = queue::consumer_tag("worker");
     // The prefetch a (re)started consumer uses follows the sizing.
     let mut consumer_settings = fleet.queue.clone();
     let mut consumer =
@@ -235,6 +235,26 @@ async fn build_pipeline_when_reachable(
     }
 }
 
+/// The worker's broker connection, with the topology declared, and its publisher (a connection
+/// of its own, so that publishing confirms do not queue behind deliveries).
+async fn connect_broker(
+    queue_settings: &queue::QueueSettings,
+) -> anyhow::Result<(Arc<lapin::Connection>, Arc<Publisher>)> {
+    let consuming = async {
+        let connection = queue::connect(queue_settings).await?;
+        let setup = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        queue::declare_topology(&setup, queue_settings).await?;
+        anyhow::Ok(connection)
+    };
+    let (connection, publisher) = tokio::try_join!(consuming, async {
+        anyhow::Ok(Publisher::connect(queue_settings).await?)
+    })?;
+    Ok((Arc::new(connection), Arc::new(publisher)))
+}
+
 /// Collects finished job tasks; a task that panicked outside the job's own code is logged (its
 /// delivery, unsettled, returns to the queue when the channel closes).
 fn reap(tasks: &mut JoinSet<()>) {
@@ -360,10 +380,6 @@ async fn settle_hand_back(delivery: Delivery) {
         }
         Err(e) => tracing::warn!(error = %e, "could not hand a job back"),
     }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into())
 }
 
 struct BrokerCheck(Arc<lapin::Connection>);

@@ -78,6 +78,25 @@ pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
     Some(values[rank.clamp(1, values.len()) - 1])
 }
 
+/// Cost per 1,000 documents in each fifth of a run, from samples of (documents settled, cost so
+/// far) in time order: the fifth boundaries are found by documents, not by time, so a slow start
+/// does not skew the comparison. Fifths with no samples inside them are left out.
+pub fn cost_per_1k_by_fifth(samples: &[(u64, f64)], total: u64) -> Vec<f64> {
+    let at = |docs: u64| samples.iter().find(|(done, _)| *done >= docs).copied();
+    let mut out = Vec::new();
+    let mut start = samples.first().copied().unwrap_or((0, 0.0));
+    for fifth in 1..=5u64 {
+        let Some(end) = at(total * fifth / 5) else {
+            break;
+        };
+        if end.0 > start.0 {
+            out.push((end.1 - start.1) * 1000.0 / (end.0 - start.0) as f64);
+            start = end;
+        }
+    }
+    out
+}
+
 /// Everything one benchmark run measured; the JSON written by `--json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
@@ -130,6 +149,16 @@ pub struct Figures {
     /// User + system CPU of the workers and their children.
     pub cpu_secs: f64,
     pub cpu_secs_per_1k_chunks: Option<f64>,
+    /// CPU seconds of the PostgreSQL server over the run (fleet mode), the bench's own
+    /// connection excluded.
+    pub postgres_cpu_secs: Option<f64>,
+    /// PostgreSQL CPU seconds per 1,000 documents settled, in each fifth of the run (by
+    /// documents): flat when the metadata store's cost does not grow with the table.
+    pub postgres_cpu_per_1k_docs_by_fifth: Vec<f64>,
+    /// Ingest in batches: each `sluice ingest` run's CPU seconds per 1,000 chunks, in order.
+    pub batch_cpu_per_1k_chunks: Vec<f64>,
+    /// Ingest: search latency over the collection afterwards.
+    pub search: Option<crate::bench::embedded::SearchLatency>,
     /// Tokens/s per second of the run (admitted by the emulator's rate window).
     pub series: Vec<Second>,
 }
@@ -188,7 +217,7 @@ impl Figures {
             limit(self.tpm_limit),
             limit(self.rpm_limit),
         );
-        let lines = [
+        let mut lines = vec![
             (
                 "documents",
                 format!(
@@ -253,6 +282,40 @@ impl Figures {
                 ),
             ),
         ];
+        if !self.batch_cpu_per_1k_chunks.is_empty() {
+            let runs: Vec<String> = self
+                .batch_cpu_per_1k_chunks
+                .iter()
+                .map(|v| format!("{v:.3}"))
+                .collect();
+            lines.push((
+                "by batch",
+                format!("CPU-s per 1,000 chunks: {}", runs.join(" / ")),
+            ));
+        }
+        if let Some(search) = &self.search {
+            lines.push((
+                "search",
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms over {} queries of {} chunks",
+                    search.p50_ms, search.p99_ms, search.queries, self.chunks
+                ),
+            ));
+        }
+        if let Some(pg) = self.postgres_cpu_secs {
+            let fifths: Vec<String> = self
+                .postgres_cpu_per_1k_docs_by_fifth
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect();
+            lines.push((
+                "PostgreSQL",
+                format!(
+                    "{pg:.2} CPU-s; per 1,000 documents by fifth of the run: {} s",
+                    fifths.join(" / ")
+                ),
+            ));
+        }
         for (name, value) in lines {
             out.push_str(&format!("  {name:<13}{value}\n"));
         }
@@ -330,6 +393,31 @@ mod tests {
         assert_eq!(percentile(&mut values, 0.0), Some(1.0));
         assert_eq!(percentile(&mut [7.0], 99.0), Some(7.0));
         assert_eq!(percentile(&mut [], 50.0), None);
+    }
+
+    #[test]
+    fn cost_per_fifth_is_split_by_documents() {
+        // 100 documents; the cost doubles for the last 40 of them.
+        let samples: Vec<(u64, f64)> = (0..=100u64)
+            .map(|d| {
+                (
+                    d,
+                    if d <= 60 {
+                        d as f64
+                    } else {
+                        60.0 + 2.0 * (d - 60) as f64
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(
+            cost_per_1k_by_fifth(&samples, 100),
+            vec![1000.0, 1000.0, 1000.0, 2000.0, 2000.0]
+        );
+        // Coarse samples: a fifth without a sample of its own is merged into the next.
+        let coarse = [(0, 0.0), (30, 3.0), (100, 10.0)];
+        assert_eq!(cost_per_1k_by_fifth(&coarse, 100), vec![100.0, 100.0]);
+        assert!(cost_per_1k_by_fifth(&[], 100).is_empty());
     }
 
     #[test]

@@ -13,11 +13,11 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use sluice_shared::config::{Loader, Settings};
 use sluice_shared::job::{IndexJob, Job, JobSpec};
-use sluice_shared::metadata::{DocStatus, MetadataStore, PostgresStore};
+use sluice_shared::metadata::{DocStatus, PostgresStore};
 use sluice_shared::queue::{self, Publisher, QueueSettings, job_headers};
 
-use super::figures::{Figures, percentile};
-use super::procs::{Usage, vm_hwm_kib, wait_usage};
+use super::figures::{Figures, cost_per_1k_by_fifth, percentile};
+use super::procs::{ServerCpu, Usage, vm_hwm_kib, wait_usage};
 use crate::fleet::free_port;
 
 /// Jobs published at once: enough to hide the confirm round trip, few enough not to matter.
@@ -141,12 +141,39 @@ pub(crate) fn corpus_uris(dir: &Path) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-fn counts(report: &[(DocStatus, i64)], status: DocStatus) -> i64 {
-    report
-        .iter()
-        .filter(|(s, _)| *s == status)
-        .map(|(_, n)| n)
-        .sum()
+/// How far the run is, asked over a connection of its own: its backend's CPU is the bench's, not
+/// the fleet's, and is left out of the PostgreSQL figures.
+struct Progress {
+    conn: sqlx::PgConnection,
+    backend_pid: u32,
+}
+
+impl Progress {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .context("connecting to the bench database")?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(Progress {
+            conn,
+            backend_pid: pid as u32,
+        })
+    }
+
+    /// Documents indexed and failed so far.
+    async fn settled(&mut self) -> anyhow::Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'indexed'), \
+                    count(*) FILTER (WHERE status = 'failed') \
+             FROM documents WHERE collection = $1",
+        )
+        .bind(COLLECTION)
+        .fetch_one(&mut self.conn)
+        .await?)
+    }
 }
 
 /// What every fleet-mode run sets up: an isolated queue prefix with its topology, a database
@@ -157,6 +184,7 @@ pub(crate) struct Rig {
     pub conn: lapin::Connection,
     pub publisher: Publisher,
     pub metadata: PostgresStore,
+    pub database_url: String,
     topology: Topology,
     standin_dir: tempfile::TempDir,
     standin: crate::standin::StandinHandle,
@@ -222,6 +250,7 @@ impl Rig {
             conn,
             publisher,
             metadata,
+            database_url,
             topology,
             standin_dir,
             standin,
@@ -350,12 +379,17 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     let mut last_report = Instant::now();
     let mut retry_queues = vec![queue_settings.work_queue.clone()];
     retry_queues.extend(queue_settings.retry_queue_names());
+    // PostgreSQL's CPU against documents settled, the poll's own backend left out.
+    let mut progress = Progress::connect(&rig.database_url).await?;
+    let mut postgres = ServerCpu::new("postgres", vec![progress.backend_pid]);
+    let postgres_at_start = postgres.secs();
+    let mut postgres_samples = vec![(0u64, 0.0)];
     loop {
-        let report = rig.metadata.status(Some(COLLECTION), 0).await?;
-        let (indexed, failed) = (
-            counts(&report.counts, DocStatus::Indexed),
-            counts(&report.counts, DocStatus::Failed),
-        );
+        let (indexed, failed) = progress.settled().await?;
+        postgres_samples.push((
+            (indexed + failed) as u64,
+            postgres.secs() - postgres_at_start,
+        ));
         if indexed + failed >= total {
             // A failed document may still come back from a delayed-retry queue.
             let mut pending = 0;
@@ -385,6 +419,8 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     let finished = Instant::now();
+    let postgres_cpu = postgres.secs() - postgres_at_start;
+    drop(progress);
 
     // Enqueue → ack from the metadata store: a document's indexed_at is stamped by the commit
     // right before the ack (the ack waits for nothing else), and enqueued_at is what the
@@ -440,6 +476,8 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
             .max()
             .unwrap_or(0)),
         cpu_secs: usages.iter().map(|u| u.cpu_secs).sum(),
+        postgres_cpu_secs: Some(postgres_cpu),
+        postgres_cpu_per_1k_docs_by_fifth: cost_per_1k_by_fifth(&postgres_samples, total as u64),
         ..Figures::default()
     };
     Ok(FleetOutcome {

@@ -20,6 +20,57 @@ pub struct IngestOutcome {
     pub finished: Instant,
 }
 
+/// Runs `sluice ingest` over `corpus_dir`, or with `batches` > 1 over each of its `batch-NN`
+/// folders in turn into the same data directory, adding up the figures and keeping each run's
+/// CPU per 1,000 chunks.
+pub fn run_batches(
+    sluice: &Path,
+    corpus_dir: &Path,
+    batches: usize,
+    data_dir: &Path,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<IngestOutcome> {
+    if batches <= 1 {
+        return run(sluice, corpus_dir, data_dir, env);
+    }
+    let mut total: Option<IngestOutcome> = None;
+    for batch in 0..batches {
+        let dir = corpus_dir.join(format!("batch-{batch:02}"));
+        let out = run(sluice, &dir, data_dir, env)?;
+        let f = &out.figures;
+        let per_1k = f.cpu_secs * 1000.0 / f.chunks.max(1) as f64;
+        eprintln!(
+            "  batch {}/{batches}: {} chunks, {:.2} CPU-s per 1,000 chunks, {:.1} s",
+            batch + 1,
+            f.chunks,
+            per_1k,
+            f.elapsed_secs
+        );
+        let sum = total.get_or_insert_with(|| IngestOutcome {
+            figures: Figures {
+                mode: "ingest".into(),
+                workers: 1,
+                ..Figures::default()
+            },
+            started: out.started,
+            finished: out.finished,
+        });
+        let t = &mut sum.figures;
+        t.indexed += f.indexed;
+        t.failed += f.failed;
+        t.chunks += f.chunks;
+        t.tokens += f.tokens;
+        t.cpu_secs += f.cpu_secs;
+        t.worker_peak_rss_max_mb = t.worker_peak_rss_max_mb.max(f.worker_peak_rss_max_mb);
+        t.worker_peak_rss_sum_mb = t.worker_peak_rss_max_mb;
+        t.peak_rss_with_children_mb = t.peak_rss_with_children_mb.max(f.peak_rss_with_children_mb);
+        t.batch_cpu_per_1k_chunks.push(per_1k);
+        sum.finished = out.finished;
+        t.elapsed_secs = (sum.finished - sum.started).as_secs_f64();
+    }
+    total.context("no batches")
+}
+
 /// Runs `sluice ingest <corpus_dir> --json` with `env` (embedding settings, concurrency) and a
 /// data directory under `data_dir`.
 pub fn run(

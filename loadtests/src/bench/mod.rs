@@ -3,7 +3,9 @@
 //! emulator's per-second timeline and the processes' resource usage into figures ([`figures`])
 //! and a tokens/s plot ([`plot`]).
 
+pub mod budget;
 pub mod coldstart;
+pub mod embedded;
 pub mod figures;
 pub mod fleet;
 pub mod ingest;

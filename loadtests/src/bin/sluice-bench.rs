@@ -6,7 +6,10 @@
 //! fleet under faults (kills, freezes past the lease, outages, provider storms, changes and
 //! deletes) and audits every document afterwards; it exits 1 when anything was lost, doubled,
 //! stale, miscounted or unexpectedly dead-lettered. `--mode coldstart` times a worker from process
-//! start to its first ack, against the same document on a warm worker.
+//! start to its first ack, against the same document on a warm worker. `--mode budget` measures
+//! the fleet-wide embedding budget alone (admissions/s, PostgreSQL CPU per request). Fleet runs
+//! also print PostgreSQL's CPU per 1,000 documents in each fifth of the run; ingest runs with
+//! `--batches N` print each batch's CPU per 1,000 chunks and `--searches N` search latency.
 //!
 //! ```sh
 //! cargo build --release --bin sluice --bin sluice-worker --bin sluice-bench --bin sluice-extract-pdf
@@ -17,6 +20,9 @@
 //! target/release/sluice-bench --mode chaos --workers 3 --docs 500 --chaos-secs 600 \
 //!     --outage-secs 30 --json chaos.json
 //! target/release/sluice-bench --mode coldstart --runs 7 --docs 20 --mix 0,100,0,0 --latency-ms 0
+//! # the embedded store at 100,000 chunks, then 500 searches over it:
+//! target/release/sluice-bench --docs 25000 --batches 10 --latency-ms 0 --searches 500
+//! target/release/sluice-bench --mode budget --workers 16 --budget-secs 20
 //! ```
 
 use std::collections::HashMap;
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use sluice_loadtests::bench::figures::Figures;
-use sluice_loadtests::bench::{coldstart, fleet, ingest, plot};
+use sluice_loadtests::bench::{budget, coldstart, embedded, fleet, ingest, plot};
 use sluice_loadtests::chaos::ChaosOptions;
 use sluice_loadtests::corpus::{CorpusSpec, CorpusStats, generate};
 use sluice_loadtests::emulator::{EmulatorConfig, EmulatorHandle};
@@ -41,6 +47,9 @@ enum Mode {
     Chaos,
     /// Scale from zero: a job waits, a worker starts; time to its first ack (`--runs` times).
     Coldstart,
+    /// The fleet-wide embedding budget alone: admissions per second and PostgreSQL CPU per
+    /// request for `--workers` simulated workers over `--budget-secs`.
+    Budget,
 }
 
 #[derive(Parser)]
@@ -83,6 +92,21 @@ struct Args {
     /// Emulator limit: requests per minute (429 beyond it); none by default.
     #[arg(long)]
     rpm: Option<u64>,
+    /// Do not tell Sluice the emulator's limits: it has only the 429s, `Retry-After` and the
+    /// rate-limit headers to go by.
+    #[arg(long)]
+    limits_unannounced: bool,
+    /// Ingest mode: split the generated corpus into this many folders, indexed one after the other
+    /// by separate `sluice ingest` runs into one data directory (prints each run's CPU per 1,000
+    /// chunks: flat when a larger collection costs no more to write).
+    #[arg(long, default_value_t = 1)]
+    batches: usize,
+    /// Budget mode: seconds to run.
+    #[arg(long, default_value_t = 20)]
+    budget_secs: u64,
+    /// Ingest mode: afterwards, time this many searches over the collection (p50/p99).
+    #[arg(long, default_value_t = 0)]
+    searches: usize,
     /// Embedding provider wire format: voyage or openai; `bm25` runs without the emulator.
     #[arg(long, default_value = "voyage")]
     provider: String,
@@ -179,6 +203,11 @@ fn main() -> anyhow::Result<()> {
     if args.mode == Mode::Fleet && args.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    if args.batches == 0
+        || (args.batches > 1 && (args.mode != Mode::Ingest || args.corpus.is_some()))
+    {
+        bail!("--batches takes a number from 1 and splits a generated corpus in ingest mode");
+    }
     let mut env: HashMap<String, String> = HashMap::new();
     for pair in &args.worker_env {
         let (key, value) = pair
@@ -186,8 +215,12 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--worker-env {pair:?} is not KEY=VALUE"))?;
         env.insert(key.to_string(), value.to_string());
     }
+    if args.mode == Mode::Budget {
+        return run_budget(&args);
+    }
     // Resolve the binaries before spending minutes on a corpus.
     let program = match args.mode {
+        Mode::Budget => unreachable!("handled above"),
         Mode::Ingest => binary(&args.sluice, "sluice")?,
         Mode::Fleet | Mode::Chaos | Mode::Coldstart => binary(&args.worker_bin, "sluice-worker")?,
     };
@@ -209,15 +242,24 @@ fn main() -> anyhow::Result<()> {
                 "generating {} documents (+{} large PDFs)…",
                 args.docs, args.large_pdfs
             );
-            let spec = CorpusSpec {
-                documents: args.docs,
-                doc_bytes: args.doc_bytes,
-                mix: [pdf, md, html, txt],
-                large_pdfs: args.large_pdfs,
-                large_pdf_bytes: args.large_pdf_mb << 20,
-                ..Default::default()
-            };
-            let stats = generate(&corpus_dir, &spec)?;
+            let mut stats = CorpusStats { files: 0, bytes: 0 };
+            for batch in 0..args.batches {
+                let spec = CorpusSpec {
+                    documents: args.docs / args.batches,
+                    doc_bytes: args.doc_bytes,
+                    mix: [pdf, md, html, txt],
+                    large_pdfs: if batch == 0 { args.large_pdfs } else { 0 },
+                    large_pdf_bytes: args.large_pdf_mb << 20,
+                    seed: 7 + batch as u64,
+                };
+                let dir = match args.batches {
+                    1 => corpus_dir.clone(),
+                    _ => corpus_dir.join(format!("batch-{batch:02}")),
+                };
+                let batch_stats = generate(&dir, &spec)?;
+                stats.files += batch_stats.files;
+                stats.bytes += batch_stats.bytes;
+            }
             (corpus_dir, stats)
         }
     };
@@ -248,7 +290,7 @@ fn main() -> anyhow::Result<()> {
             ("SLUICE_EMBED_TPM", args.tpm),
             ("SLUICE_EMBED_RPM", args.rpm),
         ] {
-            if let Some(limit) = limit {
+            if let Some(limit) = limit.filter(|_| !args.limits_unannounced) {
                 env.entry(key.into()).or_insert(limit.to_string());
             }
         }
@@ -257,7 +299,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(c) = args.concurrency {
         let key = match args.mode {
             Mode::Ingest => "SLUICE_CONCURRENCY",
-            Mode::Fleet | Mode::Chaos | Mode::Coldstart => "SLUICE_WORKER_CONCURRENCY",
+            Mode::Fleet | Mode::Chaos | Mode::Coldstart | Mode::Budget => {
+                "SLUICE_WORKER_CONCURRENCY"
+            }
         };
         env.entry(key.into()).or_insert(c.to_string());
     }
@@ -292,10 +336,17 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (mut figures, started, finished): (Figures, Instant, Instant) = match args.mode {
-        Mode::Chaos | Mode::Coldstart => unreachable!("handled above"),
+        Mode::Chaos | Mode::Coldstart | Mode::Budget => unreachable!("handled above"),
         Mode::Ingest => {
-            let out = ingest::run(&program, &corpus_dir, &work.path().join("data"), &env)?;
-            (out.figures, out.started, out.finished)
+            let data_dir = work.path().join("data");
+            let out = ingest::run_batches(&program, &corpus_dir, args.batches, &data_dir, &env)?;
+            let mut figures = out.figures;
+            if args.searches > 0 {
+                eprintln!("timing {} searches…", args.searches);
+                figures.search =
+                    Some(rt.block_on(embedded::search_latency(&data_dir, &env, args.searches))?);
+            }
+            (figures, out.started, out.finished)
         }
         Mode::Fleet => {
             let out = rt.block_on(fleet::run(&fleet_options()?, &corpus_dir))?;
@@ -342,6 +393,31 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(emulator) = emulator {
         rt.block_on(emulator.shutdown())?;
+    }
+    Ok(())
+}
+
+/// `--mode budget`: the fleet budget's admissions per second and PostgreSQL cost.
+fn run_budget(args: &Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let figures = rt.block_on(async {
+        let own_db = match &args.database_url {
+            Some(_) => None,
+            None => Some(sluice_shared::testing::TestDatabase::create().await),
+        };
+        let url = args
+            .database_url
+            .clone()
+            .or_else(|| own_db.as_ref().map(|db| db.url.clone()))
+            .expect("a database URL");
+        let figures = budget::run(&url, args.workers.max(1), args.budget_secs).await;
+        drop(own_db);
+        figures
+    })?;
+    print!("{}", figures.render());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

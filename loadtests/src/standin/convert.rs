@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use qdrant_client::qdrant::{self as grpc, r#match::MatchValue};
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeSparseVectorParams,
-    EdgeVectorParams, FieldCondition, Filter, Fusion, HnswIndexConfig, JsonPath, Match, MinShould,
-    Modifier, NamedQuery, Payload, PayloadSchemaType, PointId, PointStructPersisted, Prefetch,
-    QueryEnum, QueryRequest, ScoringQuery, SparseVector, ValueVariants, VectorInternal,
-    VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
+    Condition, Distance, EdgeConfig, EdgeSparseVectorParams, EdgeVectorParams, FieldCondition,
+    Filter, Fusion, JsonPath, Match, MinShould, Modifier, NamedQuery, Payload, PayloadSchemaType,
+    PointId, PointStructPersisted, Prefetch, QueryEnum, QueryRequest, ScoringQuery, SparseVector,
+    ValueVariants, VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface,
+    WithVector,
 };
-use sluice_shared::store::edge::QDRANT_DEFAULT_RRF_K;
+use sluice_shared::store::edge::{QDRANT_DEFAULT_RRF_K, exact_search, segments_for_exact_search};
 use sluice_shared::store::qdrant::{json_to_value, value_to_json};
 use tonic::Status;
 
@@ -76,14 +76,8 @@ pub fn edge_config(req: &grpc::CreateCollection) -> Result<EdgeConfig, Status> {
     // No HNSW graphs and every non-empty segment indexed when the optimizers run: see the
     // module docs of `standin`.
     let config = builder
-        .hnsw_config(no_hnsw_graph())
-        .optimizers(EdgeOptimizersConfig {
-            indexing_threshold: Some(1),
-            // Merging segments rebuilds them whole, a pause that grows with the collection;
-            // searching a few more segments costs far less here.
-            default_segment_number: Some(16),
-            ..Default::default()
-        })
+        .hnsw_config(exact_search())
+        .optimizers(segments_for_exact_search())
         .build();
     if config.vectors.is_empty() && config.sparse_vectors.is_empty() {
         return Err(invalid(
@@ -91,14 +85,6 @@ pub fn edge_config(req: &grpc::CreateCollection) -> Result<EdgeConfig, Status> {
         ));
     }
     Ok(config)
-}
-
-/// Qdrant's defaults with `m = 0`: segments are indexed without a graph.
-fn no_hnsw_graph() -> HnswIndexConfig {
-    HnswIndexConfig {
-        m: 0,
-        ..Default::default()
-    }
 }
 
 pub fn collection_params(config: &EdgeConfig) -> grpc::CollectionParams {

@@ -29,7 +29,7 @@ use qdrant_client::qdrant::collections_server::CollectionsServer;
 use qdrant_client::qdrant::points_server::PointsServer;
 use qdrant_client::qdrant::qdrant_server::QdrantServer;
 use sluice_shared::store::StoreError;
-use sluice_shared::store::edge::EdgeShards;
+use sluice_shared::store::edge::{EdgeShards, OPTIMIZE_AFTER_POINTS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -53,10 +53,6 @@ impl StandinHandle {
         Ok(())
     }
 }
-
-/// Points written to a collection between optimizer runs: a few seconds of a busy fleet, so each
-/// run indexes a segment of this size, not the whole collection.
-pub const OPTIMIZE_AFTER_POINTS: u64 = 4096;
 
 /// The stand-in's shards over `data_dir`, optimized as described in the module docs.
 pub async fn open_shards(data_dir: &Path) -> Result<EdgeShards, StoreError> {

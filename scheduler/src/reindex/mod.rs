@@ -35,6 +35,7 @@ use sluice_shared::queue::Publisher;
 use sluice_shared::reindex::{
     Admission, QueueDepth, RunKey, admit, index_job, open_store, parse_since, publish_jobs, run_key,
 };
+use sluice_shared::shutdown::{Signal, Signals};
 use tokio_util::sync::CancellationToken;
 
 use progress::Progress;
@@ -349,30 +350,6 @@ fn position(after: Option<&DocumentCursor>) -> String {
     }
 }
 
-/// The signal that stopped the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Signal {
-    Interrupt,
-    Terminate,
-}
-
-impl Signal {
-    /// 128 + the signal number, as shells report a process killed by it.
-    fn exit_code(self) -> u8 {
-        match self {
-            Signal::Interrupt => 130,
-            Signal::Terminate => 143,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Signal::Interrupt => "Ctrl-C (SIGINT)",
-            Signal::Terminate => "SIGTERM",
-        }
-    }
-}
-
 /// Ctrl-C / SIGTERM: the first asks the run to stop after its current batch; a second exits at
 /// once.
 struct Stop {
@@ -382,31 +359,21 @@ struct Stop {
 
 impl Stop {
     fn install() -> anyhow::Result<Stop> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt =
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut signals = Signals::install().context("installing the SIGINT/SIGTERM handlers")?;
         let stop = Stop {
             token: CancellationToken::new(),
             signal: Arc::new(OnceLock::new()),
         };
         let (token, slot) = (stop.token.clone(), stop.signal.clone());
         tokio::spawn(async move {
-            let first = tokio::select! {
-                _ = interrupt.recv() => Signal::Interrupt,
-                _ = terminate.recv() => Signal::Terminate,
-            };
+            let first = signals.recv().await;
             let _ = slot.set(first);
             token.cancel();
             eprintln!(
                 "{}: stopping after the current batch (signal again to stop at once)",
                 first.name()
             );
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
+            signals.recv().await;
             // The cursor of the last confirmed batch is saved; at most this batch is repeated.
             std::process::exit(first.exit_code().into());
         });

@@ -48,7 +48,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<Exit
         settings.scheduler.api_listen = listen;
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    sluice_shared::shutdown::cancel_on_signal(shutdown.clone(), "shutting down");
     serve(settings, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -186,23 +186,6 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     }
     tracing::info!("scheduler stopped");
     Ok(())
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the scheduler with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }
 
 /// Ready only while the broker answers (see [`BrokerProbe::check`]).

@@ -63,11 +63,7 @@ pub async fn consume(
         work_queue: events_queue.clone(),
         ..settings.clone()
     };
-    let tag = format!(
-        "sluice-serve-s3-events-{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
-        std::process::id()
-    );
+    let tag = queue::consumer_tag("serve-s3-events");
     let mut delay = MIN_RECONNECT_DELAY;
     while !shutdown.is_cancelled() {
         match session(&events, &tag, &publisher, &shutdown).await {

@@ -138,7 +138,7 @@ pub async fn run(settings: Settings, args: WatchArgs) -> anyhow::Result<ExitCode
         }
     } else {
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        sluice_shared::shutdown::cancel_on_signal(shutdown.clone(), "stopping the watcher");
         eprintln!(
             "watching {} location(s) every {:?}; Ctrl-C to stop",
             watch.locations.len(),
@@ -260,28 +260,6 @@ fn check_watch_settings(settings: &Settings, inputs: &[String]) -> anyhow::Resul
         "SLUICE_WATCH_INTERVAL_SECS must be at least 1"
     );
     Ok(())
-}
-
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop the watcher with SIGKILL");
-            return;
-        }
-    }
-    eprintln!("stopping the watcher");
-    shutdown.cancel();
 }
 
 /// Compile-time check: `sluice serve` runs the watcher with `tokio::spawn`, which needs a `Send`

@@ -15,6 +15,7 @@ use crate::secret::{Secret, redact_url};
 
 mod fleet;
 mod scheduler;
+mod unknown;
 pub use fleet::{FleetConfig, WorkerSizing};
 pub use scheduler::{SchedulerConfig, ServeRole};
 
@@ -188,6 +189,9 @@ pub struct Settings {
     pub fleet: FleetConfig,
     /// HTTP API, watch mode, S3 event notifications and reindex (used by `sluice`).
     pub scheduler: SchedulerConfig,
+    /// Names given in the environment (`SLUICE_*`) or the file that no setting has: reported at
+    /// start-up by [`Settings::report_unknown`].
+    pub unknown_settings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +218,9 @@ pub struct Loader {
     env: HashMap<String, String>,
     file: toml::Table,
     file_path: Option<PathBuf>,
+    /// Every setting name looked up, in lower case: the names given that are not among them
+    /// are reported as unknown (see [`Loader::unknown`]).
+    asked: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Loader {
@@ -247,7 +254,24 @@ impl Loader {
             env,
             file,
             file_path,
+            asked: Default::default(),
         })
+    }
+
+    /// `SLUICE_*` variables and TOML keys given but never looked up so far — misspelt or
+    /// obsolete names, which would otherwise be ignored without a word. Meaningful once every
+    /// setting has been read ([`Settings::from_loader`] reads them all).
+    pub fn unknown(&self) -> Vec<String> {
+        let asked = self
+            .asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        unknown::unknown_names(
+            self.env.keys(),
+            self.file.keys(),
+            self.file_path.as_deref(),
+            &asked,
+        )
     }
 
     fn env_name(name: &str) -> String {
@@ -256,6 +280,10 @@ impl Loader {
 
     /// The raw value of setting `name` and where it came from (for error messages).
     fn raw(&self, name: &str) -> Result<Option<(String, String)>, ConfigError> {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_ascii_lowercase());
         let env_name = Self::env_name(name);
         if let Some(v) = self.env.get(&env_name).filter(|v| !v.is_empty()) {
             return Ok(Some((v.clone(), env_name)));
@@ -334,10 +362,15 @@ impl Loader {
     /// A secret: `SLUICE_<NAME>`, else the contents of the file named by `SLUICE_<NAME>_FILE`
     /// (trailing newline trimmed). Values never appear in errors.
     pub fn secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
+        let file_setting = format!("{name}_file");
+        // Both spellings are this setting's, whichever is given.
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(file_setting.to_ascii_lowercase());
         if let Some((value, _)) = self.raw(name)? {
             return Ok(Some(Secret::new(value)));
         }
-        let file_setting = format!("{name}_file");
         match self.raw(&file_setting)? {
             None => Ok(None),
             Some((path, origin)) => {
@@ -422,7 +455,7 @@ impl Settings {
             budget_scope: l.get("embed_budget", BudgetScope::Fleet)?,
             budget_key: l.opt("embed_budget_key")?,
         };
-        let settings = Settings {
+        let mut settings = Settings {
             data_dir: l.get("data_dir", PathBuf::from("sluice-data"))?,
             collection: l.get("collection", "sluice".to_string())?,
             tenant: l.opt("tenant")?,
@@ -451,8 +484,11 @@ impl Settings {
             log_format: l.get("log_format", LogFormat::Text)?,
             fleet: fleet::load(l)?,
             scheduler: scheduler::load(l)?,
+            unknown_settings: Vec::new(),
         };
         settings.validate()?;
+        // Last: every setting has been looked up by now.
+        settings.unknown_settings = l.unknown();
         Ok(settings)
     }
 
@@ -543,6 +579,24 @@ impl Settings {
                     format!("expected a postgres:// URL, got {}", redact_url(url)),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Reports [`Settings::unknown_settings`]: a warning each, or with `strict` (`--strict`) an
+    /// error naming them all. Call once logging is set up.
+    pub fn report_unknown(&self, strict: bool) -> Result<(), ConfigError> {
+        if self.unknown_settings.is_empty() {
+            return Ok(());
+        }
+        if strict {
+            return Err(invalid(
+                &self.unknown_settings.join(", "),
+                "no such setting (see the README's settings table; --strict makes this an error)",
+            ));
+        }
+        for name in &self.unknown_settings {
+            tracing::warn!(setting = %name, "unknown setting ignored (misspelt or obsolete?)");
         }
         Ok(())
     }

@@ -48,8 +48,14 @@ impl PostgresStore {
         // The driver's messages could quote the URL; never let the password through.
         let scrub = |msg: String| scrub_password(url, msg);
         let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| MetadataError::Config(scrub(format!("{shown}: {e}"))))?;
+            .parse::<PgConnectOptions>()
+            .map_err(|e: sqlx::Error| MetadataError::Config(scrub(format!("{shown}: {e}"))))?
+            // Plan every statement for its parameters and the table's current statistics: the
+            // driver prepares each statement once per connection, and PostgreSQL soon fixes a
+            // prepared statement to one generic plan for the connection's life, made from
+            // whatever statistics the table had then (listings with optional filters suffer
+            // most). Planning these short statements costs microseconds.
+            .options([("plan_cache_mode", "force_custom_plan")]);
         // One plain connection first: the pool would retry a refused connection until its acquire
         // timeout and then report only "pool timed out", hiding the cause (refused, bad password,
         // no such database). The same connection applies the migrations.
@@ -541,8 +547,8 @@ impl MetadataStore for PostgresStore {
         collection: &str,
         prefix: &str,
     ) -> Result<Vec<DocumentRecord>, MetadataError> {
-        // `source` uses the C collation, so `>=` is byte order and lets the (collection, source)
-        // index skip to the first candidate; `starts_with` avoids LIKE's % and _ wildcards.
+        // `source` uses the C collation, so `>=` is byte order and lets the `source` index
+        // skip to the first candidate; `starts_with` avoids LIKE's % and _ wildcards.
         let rows = sqlx::query(select_records!(
             "WHERE collection = $1 AND status <> 'deleted' AND source >= $2 \
              AND starts_with(source, $2) ORDER BY source, doc_id"

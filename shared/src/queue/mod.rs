@@ -262,6 +262,13 @@ pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32), 
     Ok((declared.message_count(), declared.consumer_count()))
 }
 
+/// A consumer tag naming the process in RabbitMQ's management views: `sluice-<role>-<pod>-<pid>`
+/// (`HOSTNAME` is the pod's name on Kubernetes).
+pub fn consumer_tag(role: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("sluice-{role}-{host}-{}", std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

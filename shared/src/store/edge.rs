@@ -26,12 +26,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
-    FieldCondition, Filter, Fusion, Match, Modifier, NamedQuery, OperationError, Payload,
-    PayloadOps, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStructPersisted, Prefetch, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery,
-    ScrollRequest, SetPayloadOp, SparseVector as EdgeSparse, UpdateOperation, ValueVariants,
-    VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
+    Condition, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, Filter, Fusion, HnswIndexConfig, Match, Modifier, NamedQuery,
+    OperationError, Payload, PayloadOps, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStructPersisted, Prefetch, QueryEnum, QueryRequest, Range, ScoredPoint,
+    ScoringQuery, ScrollRequest, SetPayloadOp, SparseVector as EdgeSparse, UpdateOperation,
+    ValueVariants, VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface,
+    WithVector,
 };
 
 use self::shards::json_path;
@@ -41,6 +42,12 @@ use super::{
     StoreError, VectorStore,
 };
 use crate::model::{ChunkPayload, Point, SearchHit, SparseVector};
+
+/// Points written to a collection between optimizer runs, as the Qdrant server runs them in the
+/// background: each run turns the appendable segment (whose in-memory sparse index costs more per
+/// insert the larger it grows) into an indexed one, and merges small segments, so the cost of a
+/// write stays flat as a collection grows to hundreds of thousands of points.
+pub const OPTIMIZE_AFTER_POINTS: u64 = 4096;
 
 /// Points per shard update: keeps each WAL record a few MB even with 1,024-dim vectors and
 /// full chunk texts (the WAL segment is 32 MiB).
@@ -83,10 +90,14 @@ impl EdgeStore {
     }
 
     /// Open (creating if needed) the store in `data_dir`. Waits, without blocking the async
-    /// threads, while another process holds the directory.
+    /// threads, while another process holds the directory. Collections are optimized as they
+    /// grow (see [`OPTIMIZE_AFTER_POINTS`]).
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let shards = EdgeShards::open(data_dir)
+            .await?
+            .optimize_after(OPTIMIZE_AFTER_POINTS);
         Ok(EdgeStore {
-            shards: Arc::new(EdgeShards::open(data_dir).await?),
+            shards: Arc::new(shards),
         })
     }
 
@@ -325,12 +336,15 @@ impl EdgeStore {
 /// The edge configuration for a sluice collection: `dense` (cosine) when `dense_dim` is set, and
 /// `bm25` sparse with the IDF modifier.
 pub fn spec_config(spec: &CollectionSpec) -> EdgeConfig {
-    let mut builder = EdgeConfig::builder().sparse_vector(
-        SPARSE_VECTOR,
-        EdgeSparseVectorParams::builder()
-            .modifier(Modifier::Idf)
-            .build(),
-    );
+    let mut builder = EdgeConfig::builder()
+        .hnsw_config(exact_search())
+        .optimizers(segments_for_exact_search())
+        .sparse_vector(
+            SPARSE_VECTOR,
+            EdgeSparseVectorParams::builder()
+                .modifier(Modifier::Idf)
+                .build(),
+        );
     if let Some(dim) = spec.dense_dim {
         builder = builder.vector(
             DENSE_VECTOR,
@@ -338,6 +352,30 @@ pub fn spec_config(spec: &CollectionSpec) -> EdgeConfig {
         );
     }
     builder.build()
+}
+
+/// Dense search without an HNSW graph (`m = 0`): exact, so recall is perfect, and nothing is
+/// built at write time. A graph over 1,536-dim vectors cost more CPU than the rest of `sluice
+/// ingest` together (half of it, on a corpus of 8,500 chunks), while an exact search over
+/// 100,000 chunks takes tens of milliseconds (README "Performance"). Collections that need a
+/// graph belong on a Qdrant server (`SLUICE_QDRANT_URL`).
+pub fn exact_search() -> HnswIndexConfig {
+    HnswIndexConfig {
+        m: 0,
+        ..Default::default()
+    }
+}
+
+/// Optimizer settings for [`exact_search`] collections: every non-empty segment is indexed
+/// (frozen, its sparse postings compacted) when the optimizers run, and up to 16 segments are
+/// kept before merging, because a merge rewrites the segments whole — a pause that grows with
+/// the collection — while searching a few more segments costs little.
+pub fn segments_for_exact_search() -> EdgeOptimizersConfig {
+    EdgeOptimizersConfig {
+        indexing_threshold: Some(1),
+        default_segment_number: Some(16),
+        ..Default::default()
+    }
 }
 
 /// `Incompatible` unless `config` has exactly the vectors `spec` asks for.
