@@ -97,6 +97,12 @@ pub fn cost_per_1k_by_fifth(samples: &[(u64, f64)], total: u64) -> Vec<f64> {
     out
 }
 
+/// `1.234 / 2.345 / …`: a series of figures on one line.
+fn slashed(values: &[f64]) -> String {
+    let shown: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+    shown.join(" / ")
+}
+
 /// Everything one benchmark run measured; the JSON written by `--json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
@@ -283,14 +289,12 @@ impl Figures {
             ),
         ];
         if !self.batch_cpu_per_1k_chunks.is_empty() {
-            let runs: Vec<String> = self
-                .batch_cpu_per_1k_chunks
-                .iter()
-                .map(|v| format!("{v:.3}"))
-                .collect();
             lines.push((
                 "by batch",
-                format!("CPU-s per 1,000 chunks: {}", runs.join(" / ")),
+                format!(
+                    "CPU-s per 1,000 chunks: {}",
+                    slashed(&self.batch_cpu_per_1k_chunks)
+                ),
             ));
         }
         if let Some(search) = &self.search {
@@ -303,16 +307,11 @@ impl Figures {
             ));
         }
         if let Some(pg) = self.postgres_cpu_secs {
-            let fifths: Vec<String> = self
-                .postgres_cpu_per_1k_docs_by_fifth
-                .iter()
-                .map(|v| format!("{v:.2}"))
-                .collect();
             lines.push((
                 "PostgreSQL",
                 format!(
                     "{pg:.2} CPU-s; per 1,000 documents by fifth of the run: {} s",
-                    fifths.join(" / ")
+                    slashed(&self.postgres_cpu_per_1k_docs_by_fifth)
                 ),
             ));
         }

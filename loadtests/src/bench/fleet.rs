@@ -193,15 +193,7 @@ pub(crate) struct Rig {
 
 impl Rig {
     pub async fn start(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Rig> {
-        let own_db = match &options.database_url {
-            Some(_) => None,
-            None => Some(sluice_shared::testing::TestDatabase::create().await),
-        };
-        let database_url = options
-            .database_url
-            .clone()
-            .or_else(|| own_db.as_ref().map(|db| db.url.clone()))
-            .expect("a database URL");
+        let (database_url, own_db) = super::database(options.database_url.as_ref()).await;
         let standin_dir = tempfile::tempdir()?;
         let (standin_addr, standin) = crate::standin::spawn(standin_dir.path())
             .await

@@ -11,3 +11,17 @@ pub mod fleet;
 pub mod ingest;
 pub mod plot;
 pub mod procs;
+
+/// The PostgreSQL database a bench run uses: the one given, or a fresh one of its own, dropped
+/// when the returned guard is.
+pub async fn database(
+    given: Option<&String>,
+) -> (String, Option<sluice_shared::testing::TestDatabase>) {
+    match given {
+        Some(url) => (url.clone(), None),
+        None => {
+            let db = sluice_shared::testing::TestDatabase::create().await;
+            (db.url.clone(), Some(db))
+        }
+    }
+}

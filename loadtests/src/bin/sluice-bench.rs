@@ -401,15 +401,7 @@ fn main() -> anyhow::Result<()> {
 fn run_budget(args: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let figures = rt.block_on(async {
-        let own_db = match &args.database_url {
-            Some(_) => None,
-            None => Some(sluice_shared::testing::TestDatabase::create().await),
-        };
-        let url = args
-            .database_url
-            .clone()
-            .or_else(|| own_db.as_ref().map(|db| db.url.clone()))
-            .expect("a database URL");
+        let (url, own_db) = sluice_loadtests::bench::database(args.database_url.as_ref()).await;
         let figures = budget::run(&url, args.workers.max(1), args.budget_secs).await;
         drop(own_db);
         figures

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_yaml::Value;
+use sluice_shared::config::{Loader, Settings};
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -194,46 +195,18 @@ pub fn sluice_series(expr: &str) -> BTreeSet<String> {
     out
 }
 
-/// Every `SLUICE_*` environment variable the binaries read: the loader's `get/opt/secs/size/secret`
-/// names in shared/src/config (plus `_FILE` for secrets), and full `"SLUICE_..."` literals anywhere
-/// (SLUICE_LOG, SLUICE_CONFIG and the names errors report).
-pub fn known_settings(sources: &[(PathBuf, String)]) -> BTreeSet<String> {
-    let mut known = BTreeSet::new();
-    for (path, text) in sources {
-        for (at, _) in text.match_indices("\"SLUICE_") {
-            if let Some(lit) = literal_at(text, at).filter(|l| l.chars().all(is_ident)) {
-                known.insert(lit.to_string());
-            }
-        }
-        if !path.components().any(|c| c.as_os_str() == "config") {
-            continue;
-        }
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-        for method in ["get", "opt", "secs", "size", "secret"] {
-            for (at, pat) in code.match_indices(&format!(".{method}")) {
-                let mut rest = &code[at + pat.len()..];
-                if let Some(generic) = rest.strip_prefix("::<") {
-                    rest = generic.split_once('>').map_or("", |(_, r)| r);
-                }
-                let Some(arg) = rest.strip_prefix('(') else {
-                    continue;
-                };
-                let Some(name) = literal_at(arg, 0).filter(|n| {
-                    !n.is_empty()
-                        && n.chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                }) else {
-                    continue;
-                };
-                let env = format!("SLUICE_{}", name.to_ascii_uppercase());
-                if method == "secret" {
-                    known.insert(format!("{env}_FILE"));
-                }
-                known.insert(env);
-            }
-        }
-    }
-    known
+/// The names among `names` that no setting reads, as the binaries' own loader reports them at
+/// start-up (each given with an empty value, which the loader treats as unset).
+pub fn unknown_settings(names: &BTreeSet<String>) -> BTreeSet<String> {
+    let env = names
+        .iter()
+        // The loader would open an empty SLUICE_CONFIG as the config file; it is known anyway.
+        .filter(|name| *name != "SLUICE_CONFIG")
+        .map(|name| (name.clone(), String::new()))
+        .collect();
+    let loader = Loader::from_parts(env, None).expect("no config file");
+    let settings = Settings::from_loader(&loader).expect("unset settings take their defaults");
+    settings.unknown_settings.into_iter().collect()
 }
 
 /// `SLUICE_*` names mentioned in `text`, skipping patterns such as `SLUICE_QUEUE_*` or `SLUICE_<NAME>`.
