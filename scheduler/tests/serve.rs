@@ -556,6 +556,18 @@ async fn serve_roles_split_the_api_from_the_watchers() {
         !api_metrics.contains("sluice_watch_objects_total{"),
         "the api role must not run the watchers:\n{api_metrics}"
     );
+    let watch_metrics = client
+        .get(format!("{}/metrics", watch.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        watch_metrics.contains(r#"sluice_jobs_published_total{kind="index",source="watch"} "#),
+        "the watcher's jobs count as published:\n{watch_metrics}"
+    );
 
     let (code, stderr) = stop(worker, Duration::from_secs(30));
     assert_eq!(code, 0, "worker: {stderr}");

@@ -66,6 +66,14 @@ pub const INTAKE_PAUSED: &str = "sluice_worker_intake_paused";
 pub const OUTAGES_TOTAL: &str = "sluice_worker_outages_total";
 /// Jobs a worker processes (and prefetches) at once: fixed, or as its sizing chose.
 pub const WORKER_CONCURRENCY: &str = "sluice_worker_concurrency";
+/// Watched objects whose job was confirmed, by change (new, changed, removed).
+pub const WATCH_OBJECTS_TOTAL: &str = "sluice_watch_objects_total";
+/// Polls of a watched location whose listing failed.
+pub const WATCH_LISTING_ERRORS_TOTAL: &str = "sluice_watch_listing_errors_total";
+/// Polls stopped because a job could not be published.
+pub const WATCH_PUBLISH_ERRORS_TOTAL: &str = "sluice_watch_publish_errors_total";
+/// Time to poll one watched location.
+pub const WATCH_POLL_SECONDS: &str = "sluice_watch_poll_seconds";
 
 /// A worker paused its intake because `dependency` does not answer.
 pub fn outage_started(dependency: &'static str) {
@@ -224,6 +232,23 @@ pub fn describe() {
     describe_gauge!(
         VERIFY_SUCCESS,
         "1 if the last sluice verify finished, 0 if it stopped with an error."
+    );
+    describe_counter!(
+        WATCH_OBJECTS_TOTAL,
+        "Watched objects whose job was published and confirmed, by change (new, changed, removed)."
+    );
+    describe_counter!(
+        WATCH_LISTING_ERRORS_TOTAL,
+        "Polls of a watched location whose listing failed (nothing was enqueued or deleted)."
+    );
+    describe_counter!(
+        WATCH_PUBLISH_ERRORS_TOTAL,
+        "Polls stopped because a job could not be published; the rest waits for the next poll."
+    );
+    describe_histogram!(
+        WATCH_POLL_SECONDS,
+        Unit::Seconds,
+        "Time to poll one watched location: list, compare, publish, record."
     );
 }
 

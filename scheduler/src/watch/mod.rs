@@ -36,38 +36,6 @@ use tokio_util::sync::CancellationToken;
 
 use poll::{Location, PollReport, Watcher};
 
-/// Metric names of watch mode (Prometheus naming, as in `sluice_shared::metrics`).
-pub mod metrics {
-    use ::metrics::{Unit, describe_counter, describe_histogram};
-
-    pub const OBJECTS_TOTAL: &str = "sluice_watch_objects_total";
-    pub const LISTING_ERRORS_TOTAL: &str = "sluice_watch_listing_errors_total";
-    pub const PUBLISH_ERRORS_TOTAL: &str = "sluice_watch_publish_errors_total";
-    pub const POLL_SECONDS: &str = "sluice_watch_poll_seconds";
-
-    /// Registers the help texts with the installed recorder (call after installing it).
-    #[allow(dead_code)] // only `watch_locations` (sluice serve) has a recorder installed
-    pub fn describe() {
-        describe_counter!(
-            OBJECTS_TOTAL,
-            "Watched objects whose job was published and confirmed, by change (new, changed, removed)."
-        );
-        describe_counter!(
-            LISTING_ERRORS_TOTAL,
-            "Polls of a watched location whose listing failed (nothing was enqueued or deleted)."
-        );
-        describe_counter!(
-            PUBLISH_ERRORS_TOTAL,
-            "Polls stopped because a job could not be published; the rest waits for the next poll."
-        );
-        describe_histogram!(
-            POLL_SECONDS,
-            Unit::Seconds,
-            "Time to poll one watched location: list, compare, publish, record."
-        );
-    }
-}
-
 #[derive(clap::Args)]
 pub struct WatchArgs {
     /// Locations to watch: local folders or URLs (file://, s3://, gs://, az://). Default: the
@@ -169,7 +137,6 @@ pub async fn watch_locations(
     publisher: Arc<Publisher>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    metrics::describe();
     let mut watch = Watch::open(settings, &locations, None, None, publisher).await?;
     watch.run(&shutdown, |_| {}).await;
     Ok(())

@@ -10,13 +10,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sluice_shared::job::{DeleteJob, IndexJob, Job, JobSpec};
 use sluice_shared::metadata::watch_state::{WatchState, WatchedObject};
+use sluice_shared::metrics as m;
 use sluice_shared::queue::{Publisher, job_headers};
 use sluice_shared::source::{Source, SourceError, SourceObject};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::diff::{Change, plan};
-use super::metrics as m;
 
 /// Publishes awaiting their confirm at once. Confirms arrive asynchronously, so a few dozen in
 /// flight turn a per-message round trip into a stream; the publisher shares one channel.
@@ -147,7 +147,7 @@ impl Watcher {
             ..PollReport::default()
         };
         self.poll_into(location, shutdown, &mut report).await;
-        metrics::histogram!(m::POLL_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::WATCH_POLL_SECONDS).record(started.elapsed().as_secs_f64());
         if let Some(error) = &report.error {
             warn!(location = %report.location, %error, left = report.left, "watch poll failed");
         } else if report.enqueued() > 0 {
@@ -187,7 +187,7 @@ impl Watcher {
             Err(e) => {
                 // Nothing is compared, so nothing is deleted: an unreachable bucket must never look
                 // like an empty one.
-                metrics::counter!(m::LISTING_ERRORS_TOTAL).increment(1);
+                metrics::counter!(m::WATCH_LISTING_ERRORS_TOTAL).increment(1);
                 report.error = Some(format!("listing failed: {e}"));
                 return;
             }
@@ -259,11 +259,18 @@ impl Watcher {
                 Ok(item) => {
                     report.left -= 1;
                     report.count(change);
-                    metrics::counter!(m::OBJECTS_TOTAL, "change" => change.as_str()).increment(1);
+                    metrics::counter!(m::WATCH_OBJECTS_TOTAL, "change" => change.as_str())
+                        .increment(1);
+                    let kind = match change {
+                        Change::Removed => "delete",
+                        Change::New | Change::Changed => "index",
+                    };
+                    metrics::counter!(m::JOBS_PUBLISHED_TOTAL, "kind" => kind, "source" => "watch")
+                        .increment(1);
                     done.push(item);
                 }
                 Err(e) => {
-                    metrics::counter!(m::PUBLISH_ERRORS_TOTAL).increment(1);
+                    metrics::counter!(m::WATCH_PUBLISH_ERRORS_TOTAL).increment(1);
                     report.error = Some(format!("{e:#}"));
                     break;
                 }
