@@ -53,16 +53,18 @@ impl Signals {
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM, logging `stopping` ("stopping intake")
-/// with the signal's name. Without handlers the process can only be killed: said once, loudly.
+/// with the signal's name. The handlers are installed before this returns, so a signal that comes
+/// right after start-up is not lost to the default action; without them the process can only be
+/// killed: said once, loudly. Call from within the runtime.
 pub fn cancel_on_signal(shutdown: CancellationToken, stopping: &'static str) {
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers; stop with SIGKILL");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let mut signals = match Signals::install() {
-            Ok(signals) => signals,
-            Err(error) => {
-                tracing::error!(%error, "cannot install signal handlers; stop with SIGKILL");
-                return;
-            }
-        };
         let signal = signals.recv().await;
         tracing::info!(signal = signal.name(), "{stopping}");
         shutdown.cancel();
