@@ -274,16 +274,20 @@ impl Loader {
         )
     }
 
+    fn mark_asked(&self, name: &str) {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_ascii_lowercase());
+    }
+
     fn env_name(name: &str) -> String {
         format!("SLUICE_{}", name.to_ascii_uppercase())
     }
 
     /// The raw value of setting `name` and where it came from (for error messages).
     fn raw(&self, name: &str) -> Result<Option<(String, String)>, ConfigError> {
-        self.asked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_ascii_lowercase());
+        self.mark_asked(name);
         let env_name = Self::env_name(name);
         if let Some(v) = self.env.get(&env_name).filter(|v| !v.is_empty()) {
             return Ok(Some((v.clone(), env_name)));
@@ -364,10 +368,7 @@ impl Loader {
     pub fn secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
         let file_setting = format!("{name}_file");
         // Both spellings are this setting's, whichever is given.
-        self.asked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(file_setting.to_ascii_lowercase());
+        self.mark_asked(&file_setting);
         if let Some((value, _)) = self.raw(name)? {
             return Ok(Some(Secret::new(value)));
         }
