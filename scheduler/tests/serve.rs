@@ -137,6 +137,16 @@ async fn get_json(client: &reqwest::Client, url: String) -> (StatusCode, Value) 
     (status, response.json().await.unwrap())
 }
 
+/// The text of a process's `/metrics`.
+async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn index_job(source: &str) -> String {
     json!({"schema_version": 1, "kind": "index", "source": source}).to_string()
 }
@@ -277,12 +287,7 @@ async fn invalid_jobs_are_refused_with_the_reason_and_never_queued() {
         "nothing was queued: {stats}"
     );
 
-    let metrics = reqwest::get(format!("{}/metrics", serve.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&serve.url).await;
     for counted in [
         r#"sluice_api_requests_total{route="/v1/jobs",status="400"} 6"#,
         r#"sluice_api_requests_total{route="/v1/jobs",status="403"} 3"#,
@@ -544,26 +549,12 @@ async fn serve_roles_split_the_api_from_the_watchers() {
     let worker = fleet.worker();
     drop_and_wait_indexed(&fleet, &watched, "canoes").await;
     // Only the watch process listed the folder: the api process published nothing from it.
-    let api_metrics = client
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let api_metrics = metrics_text(&api.url).await;
     assert!(
         !api_metrics.contains("sluice_watch_objects_total{"),
         "the api role must not run the watchers:\n{api_metrics}"
     );
-    let watch_metrics = client
-        .get(format!("{}/metrics", watch.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let watch_metrics = metrics_text(&watch.url).await;
     assert!(
         watch_metrics.contains(r#"sluice_jobs_published_total{kind="index",source="watch"} "#),
         "the watcher's jobs count as published:\n{watch_metrics}"
