@@ -34,5 +34,6 @@ pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod usage;
 pub mod verify;
 pub mod wiring;

@@ -118,7 +118,7 @@ pub async fn run(
     metrics::gauge!(WORKER_CONCURRENCY).set(current as f64);
     loop {
         let started = Instant::now();
-        let cpu_before = process_cpu();
+        let cpu_before = sluice_shared::usage::own_cpu_time();
         let (mut samples, mut full, mut taken, mut waiting) = (0u32, 0u32, 0usize, 0u32);
         while started.elapsed() < INTERVAL {
             tokio::select! {
@@ -144,7 +144,7 @@ pub async fn run(
             all_busy: f64::from(full) / f64::from(samples.max(1)),
             occupancy: taken as f64 / (f64::from(samples.max(1)) * current as f64),
             limited: f64::from(waiting) / f64::from(samples.max(1)),
-            cpu: (process_cpu() - cpu_before).as_secs_f64() / wall / cores,
+            cpu: (sluice_shared::usage::own_cpu_time() - cpu_before).as_secs_f64() / wall / cores,
         };
         if owed > 0 {
             owed -= slots.forget_permits(owed);
@@ -175,15 +175,6 @@ pub async fn run(
             return;
         }
     }
-}
-
-/// CPU time (user + system) of this process so far.
-fn process_cpu() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 #[cfg(test)]

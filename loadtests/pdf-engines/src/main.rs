@@ -103,11 +103,7 @@ fn take_stdout_for_reply() -> std::fs::File {
 
 /// Exactly sluice's `shared/src/extract/pdf.rs::parse_pages` (returning plain tuples).
 fn parse_pages_pdf_extract(bytes: &[u8]) -> Result<Parsed, String> {
-    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
-    if doc.is_encrypted() {
-        doc.decrypt("")
-            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
-    }
+    let doc = load_pdf_extract(bytes)?;
     let mut sections = Vec::new();
     let mut failed_pages = Vec::new();
     for &page in doc.get_pages().keys() {
@@ -121,19 +117,41 @@ fn parse_pages_pdf_extract(bytes: &[u8]) -> Result<Parsed, String> {
             Err(error) => failed_pages.push((page, error.to_string())),
         }
     }
+    assemble(sections, failed_pages, || info_title(&doc))
+}
+
+fn info_title(doc: &pdf_extract::Document) -> Option<String> {
+    let info = doc.trailer.get_deref(b"Info", doc).ok()?.as_dict().ok()?;
+    one_line(&pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?)
+}
+
+/// lopdf's document, decrypted with the empty password where it is encrypted.
+fn load_pdf_extract(bytes: &[u8]) -> Result<pdf_extract::Document, String> {
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    if doc.is_encrypted() {
+        doc.decrypt("")
+            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
+    }
+    Ok(doc)
+}
+
+/// sluice's `assemble`: the document from its pages, or why there is none.
+fn assemble(
+    sections: Vec<(u32, String)>,
+    failed_pages: Vec<(u32, String)>,
+    title: impl FnOnce() -> Option<String>,
+) -> Result<Parsed, String> {
     if sections.is_empty() {
         return match failed_pages.first() {
             Some((page, error)) => Err(format!("no readable page (page {page}: {error})")),
             None => Err("the document has no pages".into()),
         };
     }
-    let title = info_title(&doc);
-    Ok((sections, title, failed_pages))
+    Ok((sections, title(), failed_pages))
 }
 
-fn info_title(doc: &pdf_extract::Document) -> Option<String> {
-    let info = doc.trailer.get_deref(b"Info", doc).ok()?.as_dict().ok()?;
-    let title = pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?;
+/// A title on one line with single spaces; `None` when nothing is left.
+fn one_line(title: &str) -> Option<String> {
     let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
     (!title.is_empty()).then_some(title)
 }
@@ -181,14 +199,7 @@ fn oxide_pages(bytes: &[u8], tables: bool) -> Result<Parsed, String> {
             Err(error) => failed_pages.push((page, error.to_string())),
         }
     }
-    if sections.is_empty() {
-        return match failed_pages.first() {
-            Some((page, error)) => Err(format!("no readable page (page {page}: {error})")),
-            None => Err("the document has no pages".into()),
-        };
-    }
-    let title = oxide_info_title(&doc);
-    Ok((sections, title, failed_pages))
+    assemble(sections, failed_pages, || oxide_info_title(&doc))
 }
 
 /// The `/Title` of the document information dictionary, if present and non-empty.
@@ -196,18 +207,12 @@ fn oxide_info_title(doc: &pdf_oxide::PdfDocument) -> Option<String> {
     let info = doc.trailer().as_dict()?.get("Info")?;
     let info = doc.resolve_object(info).ok()?;
     let title = doc.resolve_object(info.as_dict()?.get("Title")?).ok()?;
-    let title = pdf_oxide::optional_content::decode_pdf_text_string(title.as_string()?);
-    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!title.is_empty()).then_some(title)
+    one_line(&pdf_oxide::optional_content::decode_pdf_text_string(title.as_string()?))
 }
 
 /// lopdf's own text extraction, page by page (no font-metric layout, just text operators).
 fn parse_pages_lopdf(bytes: &[u8]) -> Result<Parsed, String> {
-    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
-    if doc.is_encrypted() {
-        doc.decrypt("")
-            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
-    }
+    let doc = load_pdf_extract(bytes)?;
     let mut sections = Vec::new();
     let mut failed_pages = Vec::new();
     for &page in doc.get_pages().keys() {
@@ -216,12 +221,5 @@ fn parse_pages_lopdf(bytes: &[u8]) -> Result<Parsed, String> {
             Err(error) => failed_pages.push((page, error.to_string())),
         }
     }
-    if sections.is_empty() {
-        return match failed_pages.first() {
-            Some((page, error)) => Err(format!("no readable page (page {page}: {error})")),
-            None => Err("the document has no pages".into()),
-        };
-    }
-    let title = info_title(&doc);
-    Ok((sections, title, failed_pages))
+    assemble(sections, failed_pages, || info_title(&doc))
 }

@@ -20,6 +20,7 @@ use clap::Parser;
 use sluice_shared::chunk::Chunker;
 use sluice_shared::extract::{self, ExtractSettings};
 use sluice_shared::model::ExtractedDoc;
+use sluice_shared::usage::cpu_time_with_children;
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 use tiktoken_rs::CoreBPE;
 use tokio_util::sync::CancellationToken;
@@ -114,18 +115,6 @@ fn new_run(chunker: &Chunker, doc: &ExtractedDoc) -> (u64, u64) {
     (chunks, tokens)
 }
 
-/// CPU time of this process and its finished children (the PDF child).
-fn cpu_time() -> Duration {
-    let of = |who| {
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage writes into the struct we own.
-        unsafe { libc::getrusage(who, &mut usage) };
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        tv(usage.ru_utime) + tv(usage.ru_stime)
-    };
-    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
-}
-
 fn peak_rss_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -172,7 +161,7 @@ fn measure(
     repeat: usize,
     work: &(dyn Fn(&ExtractedDoc) -> (u64, u64) + Sync),
 ) -> (Duration, Duration, u64, u64) {
-    let cpu = cpu_time();
+    let cpu = cpu_time_with_children();
     let wall = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let totals = std::sync::Mutex::new((0u64, 0u64));
@@ -196,7 +185,12 @@ fn measure(
         }
     });
     let (chunks, tokens) = *totals.lock().unwrap();
-    (wall.elapsed(), cpu_time() - cpu, chunks, tokens)
+    (
+        wall.elapsed(),
+        cpu_time_with_children() - cpu,
+        chunks,
+        tokens,
+    )
 }
 
 fn report(label: &str, mb: f64, repeat: usize, r: (Duration, Duration, u64, u64)) {
@@ -261,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
         for file in files {
             let bytes = Bytes::from(std::fs::read(&file.path)?);
             let size = bytes.len();
-            let cpu = cpu_time();
+            let cpu = cpu_time_with_children();
             let t = Instant::now();
             let outcome =
                 match extract::extract(&file.name, bytes, &settings, &CancellationToken::new())
@@ -279,7 +273,7 @@ async fn main() -> anyhow::Result<()> {
                 file.name,
                 size,
                 t.elapsed().as_secs_f64(),
-                (cpu_time() - cpu).as_secs_f64(),
+                (cpu_time_with_children() - cpu).as_secs_f64(),
                 peak_rss_mb()
             );
         }
@@ -292,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
         collect(path, &mut files);
     }
     let t = Instant::now();
-    let cpu = cpu_time();
+    let cpu = cpu_time_with_children();
     let mut docs = Vec::new();
     let mut bytes_in = 0;
     for file in &files {
@@ -316,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
         bytes_in as f64 / 1e6,
         docs.len(),
         t.elapsed().as_secs_f64(),
-        (cpu_time() - cpu).as_secs_f64()
+        (cpu_time_with_children() - cpu).as_secs_f64()
     );
     // Warm both tokenizers (vocabulary load) outside the measurement.
     let warm = sluice_shared::extract::text::plain("warm up".into());

@@ -145,9 +145,9 @@ fn oxide_info_title(doc: &pdf_oxide::PdfDocument) -> Option<String> {
     let info = doc.trailer().as_dict()?.get("Info")?;
     let info = doc.resolve_object(info).ok()?;
     let title = doc.resolve_object(info.as_dict()?.get("Title")?).ok()?;
-    let title = pdf_oxide::optional_content::decode_pdf_text_string(title.as_string()?);
-    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!title.is_empty()).then_some(title)
+    one_line(&pdf_oxide::optional_content::decode_pdf_text_string(
+        title.as_string()?,
+    ))
 }
 
 /// pdf-extract. One section per page, 1-based page numbers as in the document's page tree. A page
@@ -181,7 +181,11 @@ fn parse_pages(bytes: &[u8]) -> Result<ParsedPdf, String> {
 /// The `/Title` of the document information dictionary, if present and non-empty.
 fn info_title(doc: &pdf_extract::Document) -> Option<String> {
     let info = doc.trailer.get_deref(b"Info", doc).ok()?.as_dict().ok()?;
-    let title = pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?;
+    one_line(&pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?)
+}
+
+/// A title on one line with single spaces; `None` when nothing is left.
+fn one_line(title: &str) -> Option<String> {
     let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
     (!title.is_empty()).then_some(title)
 }
