@@ -22,7 +22,7 @@ use crate::progress::{Counters, Progress};
 pub struct IngestArgs {
     /// A folder, a file, or a URL (file://, s3://bucket/prefix, gs://, az://).
     pub location: String,
-    /// Collection to write to (default SLUICE_COLLECTION, else `sluice`).
+    /// Collection to write to (default: the SLUICE_COLLECTION setting).
     #[arg(long)]
     pub collection: Option<String>,
     /// Tenant recorded on every chunk.
@@ -34,7 +34,7 @@ pub struct IngestArgs {
     /// Re-index every document even if unchanged.
     #[arg(long)]
     pub force: bool,
-    /// Documents processed at once (default SLUICE_CONCURRENCY, else 64).
+    /// Documents processed at once (default: the SLUICE_CONCURRENCY setting).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Print the summary as JSON on stdout.

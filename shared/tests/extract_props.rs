@@ -15,7 +15,7 @@ fn settings() -> ExtractSettings {
         pdf_timeout: Duration::from_secs(5),
         // Inputs that sniff as PDF must not start a real parser here: a missing program makes the
         // PDF path fail with a typed error, which is all this test needs of it.
-        pdf_command: vec!["/nonexistent/sluice-extract-pdf".into()],
+        pdf_command: vec!["/nonexistent/sluice-worker".into()],
         max_extracted_bytes: 1 << 20,
         ..ExtractSettings::with_defaults()
     }

@@ -209,16 +209,10 @@ fn report(label: &str, mb: f64, repeat: usize, r: (Duration, Duration, u64, u64)
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // PDFs go to this binary run as the child, as the product's binaries do.
+    sluice_shared::extract::pdf::run_child_if_requested();
     let args = Args::parse();
-    // PDFs go to the child binary built beside this one (this binary does not act as one).
-    let settings = ExtractSettings {
-        pdf_command: vec![
-            std::env::current_exe()?
-                .with_file_name("sluice-extract-pdf")
-                .into(),
-        ],
-        ..ExtractSettings::with_defaults()
-    };
+    let settings = ExtractSettings::with_defaults();
     let chunker = Chunker::new(args.max_tokens, args.overlap)?;
     if args.scaling {
         let old = OldChunker::new(args.max_tokens, args.overlap);

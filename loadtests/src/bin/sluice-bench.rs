@@ -12,7 +12,7 @@
 //! `--batches N` print each batch's CPU per 1,000 chunks and `--searches N` search latency.
 //!
 //! ```sh
-//! cargo build --release --bin sluice --bin sluice-worker --bin sluice-bench --bin sluice-extract-pdf
+//! cargo build --release --bin sluice --bin sluice-worker --bin sluice-bench
 //! target/release/sluice-bench --docs 1000 --latency-ms 50
 //! target/release/sluice-bench --mode fleet --workers 4 --docs 5000 --tpm 1000000 --rpm 2000 \
 //!     --latency-ms 300 --json bench.json --plot bench.svg

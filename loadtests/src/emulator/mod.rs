@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Api, ApiMode, EmulatorConfig};
-pub use limits::{FaultKind, FaultSpec, format_reset};
+pub use limits::{FaultKind, FaultSpec, RateStatus, RateWindow, format_reset};
 pub use stats::{StatsSnapshot, TimelineEntry};
 pub use vectors::{count_tokens, embed as emulated_vector};
 

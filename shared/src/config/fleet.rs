@@ -10,25 +10,25 @@ use crate::secret::Secret;
 /// `SLUICE_AMQP_*`, `SLUICE_QUEUE_*` and worker settings.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// Broker and queue names. `SLUICE_AMQP_URL` (or `_FILE`; default the local guest account),
-    /// `SLUICE_QUEUE_PREFIX` (default `sluice`: exchange and work queue `<prefix>.jobs`, DLX
+    /// Broker and queue names. `SLUICE_AMQP_URL` (or `_FILE`),
+    /// `SLUICE_QUEUE_PREFIX` (exchange and work queue `<prefix>.jobs`, DLX
     /// `<prefix>.dlx`, DLQ `<prefix>.dlq`, retry queues `<prefix>.retry.<delay>`),
-    /// `SLUICE_QUEUE_RETRY_DELAYS_SECS` (default `5,30,300`), `SLUICE_QUEUE_DELIVERY_LIMIT`
-    /// (default 20), `SLUICE_PREFETCH` (default 16).
+    /// `SLUICE_QUEUE_RETRY_DELAYS_SECS`, `SLUICE_QUEUE_DELIVERY_LIMIT`
+    ///, `SLUICE_PREFETCH`.
     pub queue: QueueSettings,
-    /// `SLUICE_WORKER_CONCURRENCY`: jobs one worker processes at once (default: the prefetch).
+    /// `SLUICE_WORKER_CONCURRENCY`: jobs one worker processes at once (unset: the prefetch).
     /// With neither it nor `SLUICE_PREFETCH` set, the worker starts here and sizes itself.
     pub worker_concurrency: usize,
     /// Fixed when `SLUICE_WORKER_CONCURRENCY` or `SLUICE_PREFETCH` is set; otherwise automatic,
-    /// up to `SLUICE_WORKER_MAX_CONCURRENCY` (default 256).
+    /// up to `SLUICE_WORKER_MAX_CONCURRENCY`.
     pub worker_sizing: WorkerSizing,
     /// `SLUICE_MAX_ATTEMPTS`: delayed retries of a transiently failing job before it is
-    /// dead-lettered (default 5).
+    /// dead-lettered.
     pub max_attempts: u32,
     /// `SLUICE_SHUTDOWN_DEADLINE_SECS`: after SIGTERM, how long in-flight jobs may finish before
-    /// the rest are handed back to the queue (default 25, inside Kubernetes' default 30 s grace).
+    /// the rest are handed back to the queue.
     pub shutdown_deadline: Duration,
-    /// `SLUICE_HTTP_LISTEN`: address of `/healthz`, `/readyz` and `/metrics` (default `0.0.0.0:9090`).
+    /// `SLUICE_HTTP_LISTEN`: address of `/healthz`, `/readyz` and `/metrics`.
     pub http_listen: SocketAddr,
 }
 
@@ -74,9 +74,11 @@ pub(super) fn load(l: &Loader) -> Result<FleetConfig, ConfigError> {
         })?;
     let defaults = QueueSettings::default();
     let queue = QueueSettings {
-        amqp_url: l
-            .secret("amqp_url")?
-            .unwrap_or_else(|| Secret::new(DEFAULT_AMQP_URL)),
+        amqp_url: {
+            l.mark_default("amqp_url", DEFAULT_AMQP_URL);
+            l.secret("amqp_url")?
+                .unwrap_or_else(|| Secret::new(DEFAULT_AMQP_URL))
+        },
         exchange: format!("{prefix}.jobs"),
         work_queue: format!("{prefix}.jobs"),
         dead_letter_exchange: format!("{prefix}.dlx"),
@@ -84,7 +86,7 @@ pub(super) fn load(l: &Loader) -> Result<FleetConfig, ConfigError> {
         retry_queue_prefix: format!("{prefix}.retry"),
         retry_delays,
         delivery_limit: l.get("queue_delivery_limit", defaults.delivery_limit)?,
-        prefetch: l.opt("prefetch")?.unwrap_or(defaults.prefetch),
+        prefetch: l.get("prefetch", defaults.prefetch)?,
         ..defaults
     };
     let fixed_concurrency: Option<usize> = l.opt("worker_concurrency")?;

@@ -6,14 +6,18 @@
 //! `SLUICE_CHUNK_MAX_TOKENS=400` ≡ `chunk_max_tokens = 400`. Secrets may instead be read from a file
 //! named by `SLUICE_<NAME>_FILE` (Kubernetes/Docker secrets), and are held as [`Secret`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::extract::ExtractSettings;
 use crate::secret::{Secret, redact_url};
 
 mod fleet;
+#[cfg(test)]
+mod readme;
 mod scheduler;
 mod unknown;
 pub use fleet::{FleetConfig, WorkerSizing};
@@ -58,11 +62,21 @@ impl FromStr for ProviderKind {
     }
 }
 
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Bm25 => "bm25",
+            ProviderKind::Voyage => "voyage",
+            ProviderKind::OpenAi => "openai",
+        })
+    }
+}
+
 /// Who shares `SLUICE_EMBED_TPM` / `SLUICE_EMBED_RPM` (`SLUICE_EMBED_BUDGET`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BudgetScope {
-    /// Every process on the same PostgreSQL draws from one bucket per account (the default;
-    /// with SQLite there is one process, so it is the same as `Process`).
+    /// Every process on the same PostgreSQL draws from one bucket per account (with SQLite
+    /// there is one process, so it is the same as `Process`).
     Fleet,
     /// Each process on its own: for a process with an account of its own.
     Process,
@@ -81,12 +95,22 @@ impl FromStr for BudgetScope {
     }
 }
 
-/// Dense embedding provider settings (`SLUICE_EMBED_*`).
+impl fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BudgetScope::Fleet => "fleet",
+            BudgetScope::Process => "process",
+        })
+    }
+}
+
+/// Dense embedding provider settings (`SLUICE_EMBED_*`). Defaults: the README's settings table,
+/// which a test compares with what [`Settings::from_loader`] reads.
 #[derive(Debug, Clone)]
 pub struct EmbedConfig {
-    /// `SLUICE_EMBED_PROVIDER`: bm25 (default), voyage or openai.
+    /// `SLUICE_EMBED_PROVIDER`: bm25, voyage or openai.
     pub provider: ProviderKind,
-    /// `SLUICE_EMBED_MODEL`: default voyage-3.5 / text-embedding-3-small.
+    /// `SLUICE_EMBED_MODEL`: the provider's model (each provider has its own default).
     pub model: String,
     /// `SLUICE_EMBED_BASE_URL`: the provider's base URL (`/v1/embeddings` is appended).
     pub base_url: Option<String>,
@@ -97,15 +121,15 @@ pub struct EmbedConfig {
     pub api_key_header: Option<String>,
     /// `SLUICE_EMBED_DIMENSIONS`: Voyage `output_dimension` / OpenAI `dimensions`.
     pub dimensions: Option<u32>,
-    /// `SLUICE_EMBED_TIMEOUT_SECS`: per-request timeout (default 60).
+    /// `SLUICE_EMBED_TIMEOUT_SECS`: per-request timeout.
     pub request_timeout: Duration,
-    /// `SLUICE_EMBED_MAX_RETRIES`: retries for 429/5xx/timeouts before the document fails (default 8).
+    /// `SLUICE_EMBED_MAX_RETRIES`: retries for 429/5xx/timeouts before the document fails.
     pub max_retries: u32,
-    /// `SLUICE_EMBED_CONCURRENCY`: embedding requests in flight at first, per process (default 4).
+    /// `SLUICE_EMBED_CONCURRENCY`: embedding requests in flight at first, per process.
     /// The process-wide limiter starts here and adapts (AIMD): +1 after a limit's worth of
     /// successes, halved on a 429, within 1..=`SLUICE_EMBED_MAX_CONCURRENCY`.
     pub concurrency: usize,
-    /// `SLUICE_EMBED_MAX_CONCURRENCY`: ceiling of the adaptive limit (default 64; at least
+    /// `SLUICE_EMBED_MAX_CONCURRENCY`: ceiling of the adaptive limit (at least
     /// `SLUICE_EMBED_CONCURRENCY`). Also how many requests one `embed` call may fan out to.
     pub max_concurrency: usize,
     /// `SLUICE_EMBED_TPM`: tokens per minute this process may send (estimated, corrected by the
@@ -115,12 +139,12 @@ pub struct EmbedConfig {
     /// `SLUICE_EMBED_RPM`: requests per minute this process may send; unset = no local limit.
     pub requests_per_minute: Option<u64>,
     /// `SLUICE_EMBED_LINGER_MS`: how long the first chunk waiting for a packed embedding request
-    /// waits for chunks of other documents before the request is sent anyway (default 20; 0 still
-    /// packs whatever is already waiting). Queries are never held back.
+    /// waits for chunks of other documents before the request is sent anyway (0 still packs
+    /// whatever is already waiting). Queries are never held back.
     pub linger: Duration,
-    /// `SLUICE_EMBED_BUDGET`: `fleet` (default) or `process`, see [`BudgetScope`].
+    /// `SLUICE_EMBED_BUDGET`: `fleet` or `process`, see [`BudgetScope`].
     pub budget_scope: BudgetScope,
-    /// `SLUICE_EMBED_BUDGET_KEY`: the account whose limits the fleet shares (default: provider,
+    /// `SLUICE_EMBED_BUDGET_KEY`: the account whose limits the fleet shares (unset: provider,
     /// API host and model). Processes with the same key share one bucket.
     pub budget_key: Option<String>,
 }
@@ -128,9 +152,9 @@ pub struct EmbedConfig {
 /// Everything the binaries need. See the module docs for how names map to env and file.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `SLUICE_DATA_DIR`: where the embedded store and SQLite live (default `./sluice-data`).
+    /// `SLUICE_DATA_DIR`: where the embedded store and SQLite live.
     pub data_dir: PathBuf,
-    /// `SLUICE_COLLECTION`: default collection (default `sluice`).
+    /// `SLUICE_COLLECTION`: the collection of jobs and commands that name none.
     pub collection: String,
     /// `SLUICE_TENANT`: tenant recorded on documents and used to filter searches.
     pub tenant: Option<String>,
@@ -140,50 +164,50 @@ pub struct Settings {
     pub qdrant_api_key: Option<Secret>,
     /// `SLUICE_DATABASE_URL` (or `_FILE`): PostgreSQL URL; unset = SQLite in the data directory.
     pub database_url: Option<Secret>,
-    /// `SLUICE_MAX_FILE_SIZE`: larger source files are rejected (default 100MiB).
+    /// `SLUICE_MAX_FILE_SIZE`: larger source files are rejected.
     pub max_file_size: u64,
     /// `SLUICE_ALLOWED_SOURCES`: comma-separated roots a job's `source` must lie under (local
     /// folders or `file:///dir/`, `s3://bucket/prefix/`, `gs://bucket/`, `az://container/`),
-    /// plus every `SLUICE_WATCH` location. Empty (the default): no job source is allowed.
+    /// plus every `SLUICE_WATCH` location. Empty: no job source is allowed.
     pub allowed_sources: crate::source::AllowList,
     /// `SLUICE_READ_TIMEOUT_SECS`: reading one source file or object, from open to last byte
-    /// (default 120). A FIFO or a hung mount fails the document instead of hanging the job.
+    ///. A FIFO or a hung mount fails the document instead of hanging the job.
     pub read_timeout: Duration,
     /// `SLUICE_MAX_JOB_BYTES` and `SLUICE_MAX_METADATA_BYTES`: size caps of a job message and
-    /// of its `metadata` (defaults 64KiB and 8KiB).
+    /// of its `metadata`.
     pub job_limits: crate::job::JobLimits,
-    /// `SLUICE_MAX_INFLIGHT_BYTES`: source bytes of the documents processed at once (default
-    /// 64MiB); a larger document runs alone. Bounds memory by size, see `memory.rs`.
+    /// `SLUICE_MAX_INFLIGHT_BYTES`: source bytes of the documents processed at once; a
+    /// larger document runs alone. Bounds memory by size, see `memory.rs`.
     pub max_inflight_bytes: u64,
-    /// `SLUICE_CONCURRENCY`: documents processed at once (default 64: most of a document's time is
+    /// `SLUICE_CONCURRENCY`: documents processed at once (many: most of a document's time is
     /// spent waiting on the embedding provider, its packed requests and disk, so many more than
     /// the core count pay off; memory is bounded by `SLUICE_MAX_INFLIGHT_BYTES`, not by this).
     pub concurrency: usize,
-    /// `SLUICE_CHUNK_MAX_TOKENS`: chunk size limit in cl100k tokens (default 512).
+    /// `SLUICE_CHUNK_MAX_TOKENS`: chunk size limit in cl100k tokens.
     pub chunk_max_tokens: usize,
-    /// `SLUICE_CHUNK_OVERLAP_TOKENS`: overlap between neighbouring chunks (default 64).
+    /// `SLUICE_CHUNK_OVERLAP_TOKENS`: overlap between neighbouring chunks.
     pub chunk_overlap_tokens: usize,
-    /// `SLUICE_MAX_EXTRACTED_BYTES`: most text one document may yield (default 64MiB); more fails
+    /// `SLUICE_MAX_EXTRACTED_BYTES`: most text one document may yield; more fails
     /// the document (`too_much_text`).
     pub max_extracted_bytes: u64,
-    /// `SLUICE_MAX_CHUNKS_PER_DOCUMENT`: most chunks one document may make (default 50000); more
+    /// `SLUICE_MAX_CHUNKS_PER_DOCUMENT`: most chunks one document may make; more
     /// fails the document (`too_many_chunks`).
     pub max_chunks_per_document: usize,
     pub embed: EmbedConfig,
-    /// `SLUICE_PDF_TIMEOUT_SECS`: time limit of the PDF extraction child (default 120).
+    /// `SLUICE_PDF_TIMEOUT_SECS`: time limit of the PDF extraction child.
     pub pdf_timeout: Duration,
-    /// `SLUICE_PDF_MEMORY_LIMIT`: address-space limit of the PDF child (default 2GiB).
+    /// `SLUICE_PDF_MEMORY_LIMIT`: address-space limit of the PDF child.
     pub pdf_memory_limit: u64,
-    /// `SLUICE_PDF_MAX_CHILDREN`: PDF extraction children at once per process (default: the
+    /// `SLUICE_PDF_MAX_CHILDREN`: PDF extraction children at once per process (unset: the
     /// number of cores). Each may use up to `SLUICE_PDF_MEMORY_LIMIT`, so this times that is the
     /// worst case a pod must allow for.
     pub pdf_max_children: usize,
-    /// `SLUICE_DOCUMENT_TIMEOUT_SECS`: one document's processing limit (default 600).
+    /// `SLUICE_DOCUMENT_TIMEOUT_SECS`: one document's processing limit.
     pub document_timeout: Duration,
     /// `SLUICE_LEASE_SECS`: a document's processing lease, renewed every third of it while a run
-    /// works on it; a crashed run blocks its documents for at most this long (default 30).
+    /// works on it; a crashed run blocks its documents for at most this long.
     pub lease: Duration,
-    /// `SLUICE_LOG_FORMAT`: `text` (default) or `json`.
+    /// `SLUICE_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
     /// Broker, queues and worker behaviour (used by the fleet binaries).
     pub fleet: FleetConfig,
@@ -213,14 +237,24 @@ impl FromStr for LogFormat {
     }
 }
 
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
 /// Reads setting values from the environment first, then the TOML file.
 pub struct Loader {
     env: HashMap<String, String>,
     file: toml::Table,
     file_path: Option<PathBuf>,
-    /// Every setting name looked up, in lower case: the names given that are not among them
-    /// are reported as unknown (see [`Loader::unknown`]).
-    asked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Every setting name looked up, in lower case, with the default it was read with (as the
+    /// README writes it): the names given that are not among them are reported as unknown (see
+    /// [`Loader::unknown`]); the defaults are what the README's table is checked against.
+    asked: std::sync::Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Loader {
@@ -270,15 +304,37 @@ impl Loader {
             self.env.keys(),
             self.file.keys(),
             self.file_path.as_deref(),
-            &asked,
+            &asked.keys().cloned().collect(),
         )
+    }
+
+    /// The default of every setting looked up so far that has one, by environment name
+    /// (`SLUICE_LEASE_SECS` → `30`), written as the README's settings table writes it.
+    pub fn defaults(&self) -> BTreeMap<String, String> {
+        let asked = self
+            .asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        asked
+            .iter()
+            .filter_map(|(name, default)| Some((Self::env_name(name), default.clone()?)))
+            .collect()
     }
 
     fn mark_asked(&self, name: &str) {
         self.asked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_ascii_lowercase());
+            .entry(name.to_ascii_lowercase())
+            .or_insert(None);
+    }
+
+    /// Records the default `name` falls back to when it is not given.
+    pub(crate) fn mark_default(&self, name: &str, default: impl fmt::Display) {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_ascii_lowercase(), Some(default.to_string()));
     }
 
     fn env_name(name: &str) -> String {
@@ -336,24 +392,34 @@ impl Loader {
         }
     }
 
+    /// A setting parsed with `FromStr`, `default` when not given. An empty `String` default
+    /// means "none" (the README writes `—`).
     pub fn get<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
     where
-        T: FromStr,
-        T::Err: std::fmt::Display,
+        T: FromStr + fmt::Display,
+        T::Err: fmt::Display,
     {
-        Ok(self.opt(name)?.unwrap_or(default))
+        let value = self.opt(name)?;
+        let shown = default.to_string();
+        if !shown.is_empty() {
+            self.mark_default(name, shown);
+        }
+        Ok(value.unwrap_or(default))
     }
 
     /// A size in bytes: a plain number or with a unit (`100MiB`, `2GB`, `512k`).
     pub fn size(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
-        match self.raw(name)? {
+        let given = self.raw(name)?;
+        self.mark_default(name, format_size(default));
+        match given {
             None => Ok(default),
             Some((text, origin)) => parse_size(&text).map_err(|e| invalid(&origin, e)),
         }
     }
 
     pub fn secs(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
-        let secs: f64 = self.get(name, default as f64)?;
+        let secs: f64 = self.opt(name)?.unwrap_or(default as f64);
+        self.mark_default(name, default);
         if !(secs.is_finite() && secs > 0.0) {
             return Err(invalid(
                 &Self::env_name(name),
@@ -391,6 +457,19 @@ impl Loader {
     pub fn foreign(&self, env_name: &str) -> Option<String> {
         self.env.get(env_name).filter(|v| !v.is_empty()).cloned()
     }
+}
+
+/// `bytes` in the largest binary unit that divides it (`100MiB`, `8KiB`, `2GiB`), as sizes are
+/// written in the README and accepted by [`parse_size`].
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    UNITS
+        .iter()
+        .find(|(_, shift)| bytes >= 1 << shift && bytes.is_multiple_of(1 << shift))
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, shift)| format!("{}{unit}", bytes >> shift),
+        )
 }
 
 /// Parses `123`, `64k`, `100MiB`, `2GB`, `1.5G` (binary units; `MB` and `MiB` both mean 2^20).
@@ -457,7 +536,7 @@ impl Settings {
             budget_key: l.opt("embed_budget_key")?,
         };
         let mut settings = Settings {
-            data_dir: l.get("data_dir", PathBuf::from("sluice-data"))?,
+            data_dir: PathBuf::from(l.get("data_dir", "./sluice-data".to_string())?),
             collection: l.get("collection", "sluice".to_string())?,
             tenant: l.opt("tenant")?,
             qdrant_url: l.opt("qdrant_url")?,
@@ -471,15 +550,24 @@ impl Settings {
             concurrency: l.get("concurrency", 64)?,
             chunk_max_tokens: l.get("chunk_max_tokens", 512)?,
             chunk_overlap_tokens: l.get("chunk_overlap_tokens", 64)?,
-            max_extracted_bytes: l.size("max_extracted_bytes", 64 << 20)?,
-            max_chunks_per_document: l.get("max_chunks_per_document", 50_000)?,
-            embed,
-            pdf_timeout: l.secs("pdf_timeout_secs", 120)?,
-            pdf_memory_limit: l.size("pdf_memory_limit", 2 << 30)?,
-            pdf_max_children: l.get(
-                "pdf_max_children",
-                crate::extract::ExtractSettings::default_max_children(),
+            max_extracted_bytes: l.size(
+                "max_extracted_bytes",
+                ExtractSettings::DEFAULT_MAX_EXTRACTED_BYTES as u64,
             )?,
+            max_chunks_per_document: l.get(
+                "max_chunks_per_document",
+                crate::chunk::Chunker::DEFAULT_MAX_CHUNKS,
+            )?,
+            embed,
+            pdf_timeout: l.secs(
+                "pdf_timeout_secs",
+                ExtractSettings::DEFAULT_PDF_TIMEOUT.as_secs(),
+            )?,
+            pdf_memory_limit: l.size(
+                "pdf_memory_limit",
+                ExtractSettings::DEFAULT_PDF_MEMORY_LIMIT,
+            )?,
+            pdf_max_children: l.get("pdf_max_children", ExtractSettings::default_max_children())?,
             document_timeout: l.secs("document_timeout_secs", 600)?,
             lease: l.secs("lease_secs", 30)?,
             log_format: l.get("log_format", LogFormat::Text)?,

@@ -12,18 +12,18 @@ use crate::secret::Secret;
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// `SLUICE_API_LISTEN`: address of the HTTP API and of `/healthz`, `/readyz`, `/metrics`
-    /// (default `127.0.0.1:8080`: reachable from this host only).
+    ///.
     pub api_listen: SocketAddr,
-    /// `SLUICE_SERVE_ROLE`: what one `sluice serve` process runs (default `all`). Lets a cluster
+    /// `SLUICE_SERVE_ROLE`: what one `sluice serve` process runs. Lets a cluster
     /// run the API with several replicas and the watchers / S3-event consumer exactly once.
     pub serve_role: ServeRole,
     /// `SLUICE_API_ALLOW_ANONYMOUS`: let `sluice serve` listen on a non-loopback address with no
-    /// `SLUICE_API_KEY` (default false: it refuses to start).
+    /// `SLUICE_API_KEY`.
     pub api_allow_anonymous: bool,
-    /// `SLUICE_API_TIMEOUT_SECS`: a request's time limit, body included (default 30).
+    /// `SLUICE_API_TIMEOUT_SECS`: a request's time limit, body included.
     pub api_timeout: Duration,
     /// `SLUICE_API_MAX_CONCURRENT_REQUESTS`: requests handled at once; more get a 503
-    /// (default 512).
+    ///.
     pub api_max_concurrent_requests: usize,
     /// `SLUICE_API_KEY` (or `_FILE`): when set, every `/v1/...` request must carry it as
     /// `Authorization: Bearer <key>` (or `x-api-key`). Probes and `/metrics` stay open.
@@ -31,16 +31,16 @@ pub struct SchedulerConfig {
     /// `SLUICE_WATCH`: comma-separated locations `sluice serve` polls for new, changed and removed
     /// objects (local folders, `file://`, `s3://`, `gs://`, `az://` URLs). Empty: no watching.
     pub watch: Vec<String>,
-    /// `SLUICE_WATCH_INTERVAL_SECS`: pause between two listings of a watched location (default 30).
+    /// `SLUICE_WATCH_INTERVAL_SECS`: pause between two listings of a watched location.
     pub watch_interval: Duration,
     /// `SLUICE_S3_EVENTS_QUEUE`: a queue carrying S3 event notifications (AWS S3 or MinIO's AMQP
     /// target) that `sluice serve` turns into index/delete jobs. Unset: not consumed.
     pub s3_events_queue: Option<String>,
     /// `SLUICE_REINDEX_MAX_QUEUE_DEPTH`: `sluice reindex` waits while the work queue holds more
-    /// messages than this (default 1000), so a large reindex never floods the broker.
+    /// messages than this, so a large reindex never floods the broker.
     pub reindex_max_queue_depth: u32,
     /// `SLUICE_REINDEX_BATCH`: documents read from the metadata store and published per batch
-    /// (default 100). Never more than the maximum queue depth.
+    ///. Never more than the maximum queue depth.
     pub reindex_batch: usize,
     /// `SLUICE_METRICS_PUSHGATEWAY`: a Prometheus Pushgateway URL (`http://pushgateway:9091`);
     /// when set, `sluice verify` pushes its `sluice_verify_*` metrics there at the end. Unset:
@@ -66,6 +66,16 @@ impl ServeRole {
     }
     pub fn runs_watchers(self) -> bool {
         matches!(self, ServeRole::All | ServeRole::Watch)
+    }
+}
+
+impl std::fmt::Display for ServeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServeRole::All => "all",
+            ServeRole::Api => "api",
+            ServeRole::Watch => "watch",
+        })
     }
 }
 

@@ -92,28 +92,4 @@ mod tests {
         );
         assert!(settings.report_unknown(false).is_ok());
     }
-
-    #[test]
-    fn every_name_in_the_readme_settings_table_is_known() {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        let names: Vec<&str> = readme
-            .lines()
-            .filter_map(|line| line.strip_prefix("| `SLUICE_"))
-            .filter_map(|rest| rest.split('`').next())
-            .collect();
-        assert!(
-            names.len() > 40,
-            "the settings table was not found: {names:?}"
-        );
-        let env: Vec<(String, &str)> = names.iter().map(|n| (format!("SLUICE_{n}"), "")).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        let (l, _) = loader(&env, None);
-        let settings = Settings::from_loader(&l).unwrap();
-        assert!(
-            settings.unknown_settings.is_empty(),
-            "in the README but read by nothing: {:?}",
-            settings.unknown_settings
-        );
-    }
 }

@@ -11,6 +11,18 @@ use super::headers::RateHeaders;
 /// more requests in flight would only reach the limit sooner.
 const LOW_WATER_DIVISOR: u64 = 10;
 
+/// Most of what the provider says is left that one process keeps in flight, at first. Every
+/// process sharing an account reads the same `remaining`; if each sent all of it, N processes
+/// would overdraw it N times before the next answers told them. And an answer is a round trip
+/// old: the others' requests of the last round trip are not in it yet, so N processes holding a
+/// share `q` each stay within it while `2·N·q ≤ 1` — five processes at a tenth.
+const MAX_SHARE_OF_REMAINING: f64 = 0.1;
+/// Floor of the share: a fleet of a hundred processes, each still allowed one request at a time.
+const MIN_SHARE_OF_REMAINING: f64 = 0.002;
+/// Growth of the share per success, after a 429 halved it (the share follows the number of
+/// processes, which changes slowly).
+const SHARE_GROWTH: f64 = 1.001;
+
 /// Settings of one embedder's limiter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimiterSettings {
@@ -49,6 +61,10 @@ pub struct Admission {
     /// Whether the request was admitted with the concurrency limit well used: only such
     /// successes show the limit may be too low, so only they make it grow.
     saturated: bool,
+    /// Whether other requests of this process were in flight when it was admitted. A refused
+    /// request sent alone is the probe that finds the window full, and says nothing about
+    /// the share.
+    beside_others: bool,
 }
 
 impl Admission {
@@ -114,12 +130,30 @@ impl Hint {
         })
     }
 
+    /// What the provider would report left at `now`: its last figure plus the estimated refill.
+    fn left(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.remaining + self.rate * elapsed
+    }
+
+    /// Whether `in_flight` units already sent plus `units` more stay within `share` of what the
+    /// provider last said was left (see [`MAX_SHARE_OF_REMAINING`]). The estimated refill is not
+    /// counted: a provider counting a sliding window gives nothing back until the oldest
+    /// requests in it age out, however soon its `reset` says it is full again.
+    ///
+    /// Past the reset the figure says nothing, so nothing is allowed beside a request in flight
+    /// until an answer brings a new one: otherwise every process would resume at full
+    /// concurrency at the same moment (their Retry-After pauses end together) into a window
+    /// that has only begun to empty.
+    fn share_allows(&self, now: Instant, share: f64, in_flight: u64, units: u64) -> bool {
+        now < self.until && (in_flight + units) as f64 <= self.remaining * share
+    }
+
     fn ready_at(&self, now: Instant, units: u64) -> Option<Instant> {
         if now >= self.until {
             return None;
         }
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        let available = self.remaining + self.rate * elapsed - self.spent as f64;
+        let available = self.left(now) - self.spent as f64;
         if available >= units as f64 {
             return None;
         }
@@ -137,6 +171,12 @@ pub struct RateGovernor {
     settings: LimiterSettings,
     limit: usize,
     in_flight: usize,
+    /// Estimated tokens of the requests in flight.
+    in_flight_tokens: u64,
+    /// How much of the provider's `remaining` this process may hold in flight: halved when a
+    /// request sent beside others of ours is refused (more processes share the account than the
+    /// share allows for), regrown slowly by successes.
+    share: f64,
     successes: usize,
     next_id: u64,
     /// Admissions with a smaller id were sent before the last decrease: their 429s are the same
@@ -157,6 +197,8 @@ impl RateGovernor {
         RateGovernor {
             limit: settings.initial_concurrency,
             in_flight: 0,
+            in_flight_tokens: 0,
+            share: MAX_SHARE_OF_REMAINING,
             successes: 0,
             next_id: 0,
             decreased_before: 0,
@@ -224,9 +266,21 @@ impl RateGovernor {
         if self.in_flight >= self.limit {
             return Err(None);
         }
+        // With nothing in flight a request always goes (the hints above already waited for
+        // what it needs); otherwise wait for an answer, which brings fresh headers.
+        let beyond_share = self
+            .request_hint
+            .is_some_and(|h| !h.share_allows(now, self.share, self.in_flight as u64, 1))
+            || self
+                .token_hint
+                .is_some_and(|h| !h.share_allows(now, self.share, self.in_flight_tokens, tokens));
+        if self.in_flight > 0 && beyond_share {
+            return Err(None);
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.in_flight += 1;
+        self.in_flight_tokens += tokens;
         if let Some(budget) = &mut self.tokens {
             budget.take(now, id, tokens);
         }
@@ -245,12 +299,14 @@ impl RateGovernor {
             // At least half the limit in use (as Netflix's concurrency-limits judges it): requests
             // admitted one at a time into an idle limiter prove nothing about a higher one.
             saturated: self.in_flight * 2 >= self.limit,
+            beside_others: self.in_flight > 1,
         })
     }
 
     /// Records how an admitted request ended.
     pub fn finish(&mut self, now: Instant, admission: Admission, outcome: RequestOutcome) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.in_flight_tokens = self.in_flight_tokens.saturating_sub(admission.tokens);
         match outcome {
             RequestOutcome::Success {
                 headers,
@@ -258,6 +314,7 @@ impl RateGovernor {
             } => {
                 if let Some(headers) = headers {
                     self.read_headers(now, &headers);
+                    self.share = (self.share * SHARE_GROWTH).min(MAX_SHARE_OF_REMAINING);
                 }
                 if let (Some(budget), Some(billed)) = (&mut self.tokens, billed_tokens) {
                     budget.settle(now, admission.id, billed);
@@ -280,6 +337,9 @@ impl RateGovernor {
                 headers,
             } => {
                 if admission.id >= self.decreased_before {
+                    if admission.beside_others {
+                        self.share = (self.share / 2.0).max(MIN_SHARE_OF_REMAINING);
+                    }
                     self.limit = (self.limit / 2).max(1);
                     self.decreased_before = self.next_id;
                     self.successes = 0;

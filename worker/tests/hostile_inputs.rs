@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 /// Per file, extract + chunk: 12 s for the largest (50 MB) here in the test profile when the
 /// machine is otherwise idle; the bound allows for a loaded 2-core CI machine.
 const TIME_BOUND: Duration = Duration::from_secs(150);
-/// The PDF child as the binaries run it.
-const PDF_CHILD: &str = env!("CARGO_BIN_EXE_sluice-extract-pdf");
+/// The worker binary, run as the PDF child exactly as it runs itself.
+const WORKER: &str = env!("CARGO_BIN_EXE_sluice-worker");
 /// Peak resident memory growth allowed while one file is processed: the 50 MB file is held as
 /// bytes and as text (~100 MB); chunks are streamed, never all held.
 const RSS_BOUND_MB: u64 = 768;
@@ -81,7 +81,7 @@ async fn every_hostile_file_ends_in_bounded_time_and_memory() {
     let files = write_hostile_files(dir.path()).unwrap();
     assert!(files.len() >= 12);
     let settings = ExtractSettings {
-        pdf_command: vec![PDF_CHILD.into()],
+        pdf_command: vec![WORKER.into(), extract::pdf::CHILD_ARG.into()],
         ..ExtractSettings::with_defaults()
     };
     let chunker = Chunker::new(512, 64).unwrap();
