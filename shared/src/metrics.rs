@@ -1,255 +1,225 @@
-//! Every metric Sluice emits, named and described in one place (Prometheus naming: `_total`
-//! counters, `_seconds` histograms, outcomes as labels). Stages call the `metrics` macros with
-//! these names; [`install_prometheus`] sets up the recorder and its descriptions.
+//! Every metric Sluice emits, declared once below with its labels, unit and description.
+//! Stages record through the functions the table generates (`documents_total("indexed")`), so a
+//! misspelt name or a missing label does not compile; [`ALL`] lists them for `/metrics`'
+//! descriptions, the README's metric table and the dashboards' checks.
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{Counter, Gauge, Histogram, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub const DOCUMENTS_TOTAL: &str = "sluice_documents_total";
-pub const DOCUMENTS_FAILED_TOTAL: &str = "sluice_documents_failed_total";
-pub const CHUNKS_TOTAL: &str = "sluice_chunks_total";
-pub const TOKENS_TOTAL: &str = "sluice_embedded_tokens_total";
-pub const STAGE_SECONDS: &str = "sluice_stage_duration_seconds";
-pub const DOCUMENT_SECONDS: &str = "sluice_document_duration_seconds";
-pub const BYTES_READ_TOTAL: &str = "sluice_bytes_read_total";
-pub const IN_FLIGHT: &str = "sluice_documents_in_flight";
-pub const EMBED_REQUESTS_TOTAL: &str = "sluice_embed_requests_total";
-pub const EMBED_RETRIES_TOTAL: &str = "sluice_embed_retries_total";
-pub const EMBED_RATE_LIMITED_TOTAL: &str = "sluice_embed_rate_limited_total";
-pub const EMBED_REQUEST_SECONDS: &str = "sluice_embed_request_duration_seconds";
-pub const EMBED_TOKENS_TOTAL: &str = "sluice_embed_tokens_total";
-/// Gauge: the embedding limiter's current concurrency limit (AIMD), by provider.
-pub const EMBED_CONCURRENCY_LIMIT: &str = "sluice_embed_concurrency_limit";
-/// Histogram: time a request waited for the embedding limiter (concurrency, pause, TPM/RPM).
-pub const EMBED_LIMITER_WAIT_SECONDS: &str = "sluice_embed_limiter_wait_seconds";
-/// Histogram: time a request waited for the fleet's shared budget in PostgreSQL.
-pub const EMBED_FLEET_BUDGET_WAIT_SECONDS: &str = "sluice_embed_fleet_budget_wait_seconds";
-/// Counter: fleet budget database errors (the request was sent without the budget).
-pub const EMBED_FLEET_BUDGET_ERRORS: &str = "sluice_embed_fleet_budget_errors_total";
-/// Scheduler: HTTP API requests, by route and status code.
-pub const API_REQUESTS_TOTAL: &str = "sluice_api_requests_total";
-/// Scheduler: jobs confirmed by the broker, by kind and source (`api`, `s3_events`, `watch`,
-/// `reindex`).
-pub const JOBS_PUBLISHED_TOTAL: &str = "sluice_jobs_published_total";
-/// Scheduler: S3 event notifications consumed, by outcome (`published`, `ignored`,
-/// `dead_lettered`, `rejected`).
-pub const S3_EVENTS_TOTAL: &str = "sluice_s3_events_total";
-/// `sluice verify` (gauges of the last run, pushed to a Pushgateway when one is configured):
-/// documents of the ledger checked.
-pub const VERIFY_DOCUMENTS_CHECKED: &str = "sluice_verify_documents_checked";
-/// `sluice verify`: points of the index scanned.
-pub const VERIFY_POINTS_SCANNED: &str = "sluice_verify_points_scanned";
-/// `sluice verify`: drift found, by kind (missing, short, count_mismatch, unpublished,
-/// stray_version, orphan).
-pub const VERIFY_DRIFT: &str = "sluice_verify_drift";
-/// `sluice verify --repair`: repairs done (fleet: jobs published), by action (delete_version,
-/// reindex, publish, unstage).
-pub const VERIFY_REPAIRS: &str = "sluice_verify_repairs";
-/// `sluice verify --repair`: repairs that failed.
-pub const VERIFY_REPAIR_FAILURES: &str = "sluice_verify_repair_failures";
-/// `sluice verify`: when the last run ended (Unix seconds).
-pub const VERIFY_LAST_RUN_TIMESTAMP: &str = "sluice_verify_last_run_timestamp_seconds";
-/// `sluice verify`: how long the last run took.
-pub const VERIFY_DURATION: &str = "sluice_verify_duration_seconds";
-/// `sluice verify`: 1 if the last run finished, 0 if it stopped with an error.
-pub const VERIFY_SUCCESS: &str = "sluice_verify_last_run_success";
+/// One metric as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
 
-/// Jobs settled by a worker, by kind and outcome.
-pub const JOBS_TOTAL: &str = "sluice_jobs_total";
-/// Time from a job's publication to its ack.
-pub const JOB_AGE_SECONDS: &str = "sluice_job_publish_to_ack_seconds";
-/// Jobs a worker is processing.
-pub const JOBS_IN_FLIGHT: &str = "sluice_jobs_in_flight";
-/// 1 while a worker's intake is paused because `dependency` is unreachable.
-pub const INTAKE_PAUSED: &str = "sluice_worker_intake_paused";
-/// Pauses of a worker's intake, by dependency.
-pub const OUTAGES_TOTAL: &str = "sluice_worker_outages_total";
-/// Jobs a worker processes (and prefetches) at once: fixed, or as its sizing chose.
-pub const WORKER_CONCURRENCY: &str = "sluice_worker_concurrency";
-/// Watched objects whose job was confirmed, by change (new, changed, removed).
-pub const WATCH_OBJECTS_TOTAL: &str = "sluice_watch_objects_total";
-/// Polls of a watched location whose listing failed.
-pub const WATCH_LISTING_ERRORS_TOTAL: &str = "sluice_watch_listing_errors_total";
-/// Polls stopped because a job could not be published.
-pub const WATCH_PUBLISH_ERRORS_TOTAL: &str = "sluice_watch_publish_errors_total";
-/// Time to poll one watched location.
-pub const WATCH_POLL_SECONDS: &str = "sluice_watch_poll_seconds";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+macro_rules! handle_type {
+    (counter) => {
+        Counter
+    };
+    (gauge) => {
+        Gauge
+    };
+    (histogram) => {
+        Histogram
+    };
+}
+
+macro_rules! kind_of {
+    (counter) => {
+        Kind::Counter
+    };
+    (gauge) => {
+        Kind::Gauge
+    };
+    (histogram) => {
+        Kind::Histogram
+    };
+}
+
+macro_rules! unit_of {
+    () => {
+        None
+    };
+    ($unit:ident) => {
+        Some(Unit::$unit)
+    };
+}
+
+/// `kind [(Unit)] function = "name" (labels…): "description";` — one function per metric that
+/// returns its handle for the given label values, and one [`Metric`] in [`ALL`].
+macro_rules! declare_metrics {
+    ($(
+        $kind:ident $(($unit:ident))? $func:ident = $name:literal ($($label:ident),*): $help:literal;
+    )*) => {
+        $(
+            #[doc = concat!("`", $name, "`: ", $help)]
+            pub fn $func($($label: impl Into<SharedString>),*) -> handle_type!($kind) {
+                metrics::$kind!($name $(, stringify!($label) => $label.into())*)
+            }
+        )*
+
+        /// Every metric, in declaration order.
+        pub const ALL: &[Metric] = &[$(
+            Metric {
+                name: $name,
+                kind: kind_of!($kind),
+                labels: &[$(stringify!($label)),*],
+                unit: unit_of!($($unit)?),
+                help: $help,
+            },
+        )*];
+    };
+}
+
+declare_metrics! {
+    // The pipeline, in every process that indexes.
+    counter documents_total = "sluice_documents_total" (outcome):
+        "Documents processed, by outcome (indexed, unchanged, failed, deleted).";
+    counter documents_failed_total = "sluice_documents_failed_total" (reason):
+        "Failed documents, by reason.";
+    counter chunks_total = "sluice_chunks_total" ():
+        "Chunks written to the vector store.";
+    counter embedded_tokens_total = "sluice_embedded_tokens_total" ():
+        "Tokens of the chunks written (cl100k count).";
+    histogram(Seconds) stage_duration_seconds = "sluice_stage_duration_seconds" (stage):
+        "Time spent per pipeline stage, by stage.";
+    histogram(Seconds) document_duration_seconds = "sluice_document_duration_seconds" ():
+        "Time to process one document end to end.";
+    counter(Bytes) bytes_read_total = "sluice_bytes_read_total" ():
+        "Bytes read from sources.";
+    gauge documents_in_flight = "sluice_documents_in_flight" ():
+        "Documents being processed right now.";
+
+    // Workers.
+    counter jobs_total = "sluice_jobs_total" (kind, outcome):
+        "Jobs settled, by kind and outcome (acked, retried, dead_lettered, handed_back).";
+    histogram(Seconds) job_publish_to_ack_seconds = "sluice_job_publish_to_ack_seconds" ():
+        "Time from publish to ack.";
+    gauge jobs_in_flight = "sluice_jobs_in_flight" ():
+        "Jobs this worker is processing.";
+    gauge worker_intake_paused = "sluice_worker_intake_paused" (dependency):
+        "1 while the worker takes no jobs because a dependency is unreachable, by dependency.";
+    counter worker_outages_total = "sluice_worker_outages_total" (dependency):
+        "Times the worker paused its intake for an unreachable dependency, by dependency.";
+    gauge worker_concurrency = "sluice_worker_concurrency" ():
+        "Jobs the worker processes and prefetches at once (grows while the provider has room).";
+
+    // Embedding providers and the rate limiter.
+    counter embed_requests_total = "sluice_embed_requests_total" (provider, outcome):
+        "Embedding requests, by provider and outcome.";
+    counter embed_retries_total = "sluice_embed_retries_total" (provider, reason):
+        "Embedding request retries, by provider and reason.";
+    counter embed_rate_limited_total = "sluice_embed_rate_limited_total" (provider):
+        "Embedding requests answered 429, by provider.";
+    histogram(Seconds) embed_request_duration_seconds = "sluice_embed_request_duration_seconds" (provider):
+        "Embedding request latency, by provider.";
+    counter embed_tokens_total = "sluice_embed_tokens_total" (provider):
+        "Tokens billed by the embedding provider.";
+    gauge embed_concurrency_limit = "sluice_embed_concurrency_limit" (provider):
+        "Embedding requests allowed in flight by the adaptive limiter, by provider.";
+    histogram(Seconds) embed_limiter_wait_seconds = "sluice_embed_limiter_wait_seconds" (provider):
+        "Time embedding requests waited for the limiter, by provider.";
+    histogram(Seconds) embed_fleet_budget_wait_seconds = "sluice_embed_fleet_budget_wait_seconds" ():
+        "Time embedding requests waited for the fleet-wide TPM/RPM budget.";
+    counter embed_fleet_budget_errors_total = "sluice_embed_fleet_budget_errors_total" ():
+        "Fleet budget database errors; the request was sent without the budget.";
+
+    // The scheduler: API, S3 events, watch mode, reindex.
+    counter api_requests_total = "sluice_api_requests_total" (route, status):
+        "Scheduler HTTP API requests, by route and status.";
+    counter jobs_published_total = "sluice_jobs_published_total" (kind, source):
+        "Jobs published and confirmed by the broker, by kind and source (api, s3_events, watch, reindex).";
+    counter s3_events_total = "sluice_s3_events_total" (outcome):
+        "S3 event notifications consumed, by outcome (published, ignored, dead_lettered, rejected).";
+    counter watch_objects_total = "sluice_watch_objects_total" (change):
+        "Watched objects whose job was published and confirmed, by change (new, changed, removed).";
+    counter watch_listing_errors_total = "sluice_watch_listing_errors_total" ():
+        "Polls of a watched location whose listing failed (nothing was enqueued or deleted).";
+    counter watch_publish_errors_total = "sluice_watch_publish_errors_total" ():
+        "Polls stopped because a job could not be published; the rest waits for the next poll.";
+    histogram(Seconds) watch_poll_seconds = "sluice_watch_poll_seconds" ():
+        "Time to poll one watched location: list, compare, publish, record.";
+
+    // `sluice verify`: gauges of the last run, pushed to a Pushgateway when one is configured.
+    gauge verify_documents_checked = "sluice_verify_documents_checked" ():
+        "Documents of the ledger checked by the last sluice verify.";
+    gauge verify_points_scanned = "sluice_verify_points_scanned" ():
+        "Points of the index scanned by the last sluice verify.";
+    gauge verify_drift = "sluice_verify_drift" (kind):
+        "Drift found by the last sluice verify, by kind.";
+    gauge verify_repairs = "sluice_verify_repairs" (action):
+        "Repairs done (fleet: jobs published) by the last sluice verify --repair, by action.";
+    gauge verify_repair_failures = "sluice_verify_repair_failures" ():
+        "Repairs that failed in the last sluice verify --repair.";
+    gauge(Seconds) verify_last_run_timestamp_seconds = "sluice_verify_last_run_timestamp_seconds" ():
+        "When the last sluice verify ended (Unix time).";
+    gauge(Seconds) verify_duration_seconds = "sluice_verify_duration_seconds" ():
+        "Duration of the last sluice verify.";
+    gauge verify_last_run_success = "sluice_verify_last_run_success" ():
+        "1 if the last sluice verify finished, 0 if it stopped with an error.";
+}
 
 /// A worker paused its intake because `dependency` does not answer.
 pub fn outage_started(dependency: &'static str) {
-    metrics::gauge!(INTAKE_PAUSED, "dependency" => dependency).set(1.0);
-    metrics::counter!(OUTAGES_TOTAL, "dependency" => dependency).increment(1);
+    worker_intake_paused(dependency).set(1.0);
+    worker_outages_total(dependency).increment(1);
 }
 
 /// `dependency` answers again; intake resumes.
 pub fn outage_ended(dependency: &'static str) {
-    metrics::gauge!(INTAKE_PAUSED, "dependency" => dependency).set(0.0);
+    worker_intake_paused(dependency).set(0.0);
 }
 
 /// Counts one unit of work in an in-flight gauge for as long as it lives, whatever way the work
 /// ends (returned, failed, cancelled or abandoned at shutdown).
-pub struct InFlight(&'static str);
+pub struct InFlight(Gauge);
 
 impl InFlight {
     /// `sluice_documents_in_flight`.
     pub fn documents() -> Self {
-        Self::enter(IN_FLIGHT)
+        Self::enter(documents_in_flight())
     }
 
-    /// Any in-flight gauge by name.
-    pub fn enter(gauge: &'static str) -> Self {
-        metrics::gauge!(gauge).increment(1.0);
+    /// `sluice_jobs_in_flight`.
+    pub fn jobs() -> Self {
+        Self::enter(jobs_in_flight())
+    }
+
+    fn enter(gauge: Gauge) -> Self {
+        gauge.increment(1.0);
         InFlight(gauge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(self.0).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
 /// Registers descriptions so `/metrics` carries HELP lines.
 pub fn describe() {
-    describe_counter!(
-        DOCUMENTS_TOTAL,
-        "Documents processed, by outcome (indexed, unchanged, failed, deleted)."
-    );
-    describe_counter!(DOCUMENTS_FAILED_TOTAL, "Failed documents, by reason.");
-    describe_counter!(CHUNKS_TOTAL, "Chunks written to the vector store.");
-    describe_counter!(TOKENS_TOTAL, "Tokens of the chunks written (cl100k count).");
-    describe_histogram!(
-        STAGE_SECONDS,
-        Unit::Seconds,
-        "Time spent per pipeline stage, by stage."
-    );
-    describe_histogram!(
-        DOCUMENT_SECONDS,
-        Unit::Seconds,
-        "Time to process one document end to end."
-    );
-    describe_counter!(BYTES_READ_TOTAL, Unit::Bytes, "Bytes read from sources.");
-    describe_gauge!(IN_FLIGHT, "Documents being processed right now.");
-    describe_counter!(
-        JOBS_TOTAL,
-        "Jobs settled, by kind and outcome (acked, retried, dead_lettered, handed_back)."
-    );
-    describe_histogram!(JOB_AGE_SECONDS, Unit::Seconds, "Time from publish to ack.");
-    describe_gauge!(JOBS_IN_FLIGHT, "Jobs this worker is processing.");
-    describe_gauge!(
-        INTAKE_PAUSED,
-        "1 while the worker takes no jobs because a dependency is unreachable, by dependency."
-    );
-    describe_counter!(
-        OUTAGES_TOTAL,
-        "Times the worker paused its intake for an unreachable dependency, by dependency."
-    );
-    describe_gauge!(
-        WORKER_CONCURRENCY,
-        "Jobs the worker processes and prefetches at once (grows while the provider has room)."
-    );
-    describe_counter!(
-        EMBED_REQUESTS_TOTAL,
-        "Embedding requests, by provider and outcome."
-    );
-    describe_counter!(
-        EMBED_RETRIES_TOTAL,
-        "Embedding request retries, by provider and reason."
-    );
-    describe_counter!(
-        EMBED_RATE_LIMITED_TOTAL,
-        "Embedding requests answered 429, by provider."
-    );
-    describe_histogram!(
-        EMBED_REQUEST_SECONDS,
-        Unit::Seconds,
-        "Embedding request latency, by provider."
-    );
-    describe_counter!(
-        EMBED_TOKENS_TOTAL,
-        "Tokens billed by the embedding provider."
-    );
-    describe_gauge!(
-        EMBED_CONCURRENCY_LIMIT,
-        "Embedding requests allowed in flight by the adaptive limiter, by provider."
-    );
-    describe_histogram!(
-        EMBED_LIMITER_WAIT_SECONDS,
-        Unit::Seconds,
-        "Time embedding requests waited for the limiter, by provider."
-    );
-    describe_histogram!(
-        EMBED_FLEET_BUDGET_WAIT_SECONDS,
-        Unit::Seconds,
-        "Time embedding requests waited for the fleet-wide TPM/RPM budget."
-    );
-    describe_counter!(
-        EMBED_FLEET_BUDGET_ERRORS,
-        "Fleet budget database errors; the request was sent without the budget."
-    );
-    describe_counter!(
-        API_REQUESTS_TOTAL,
-        "Scheduler HTTP API requests, by route and status."
-    );
-    describe_counter!(
-        JOBS_PUBLISHED_TOTAL,
-        "Jobs published and confirmed by the broker, by kind and source."
-    );
-    describe_counter!(
-        S3_EVENTS_TOTAL,
-        "S3 event notifications consumed, by outcome."
-    );
-    describe_gauge!(
-        VERIFY_DOCUMENTS_CHECKED,
-        "Documents of the ledger checked by the last sluice verify."
-    );
-    describe_gauge!(
-        VERIFY_POINTS_SCANNED,
-        "Points of the index scanned by the last sluice verify."
-    );
-    describe_gauge!(
-        VERIFY_DRIFT,
-        "Drift found by the last sluice verify, by kind."
-    );
-    describe_gauge!(
-        VERIFY_REPAIRS,
-        "Repairs done (fleet: jobs published) by the last sluice verify --repair, by action."
-    );
-    describe_gauge!(
-        VERIFY_REPAIR_FAILURES,
-        "Repairs that failed in the last sluice verify --repair."
-    );
-    describe_gauge!(
-        VERIFY_LAST_RUN_TIMESTAMP,
-        Unit::Seconds,
-        "When the last sluice verify ended (Unix time)."
-    );
-    describe_gauge!(
-        VERIFY_DURATION,
-        Unit::Seconds,
-        "Duration of the last sluice verify."
-    );
-    describe_gauge!(
-        VERIFY_SUCCESS,
-        "1 if the last sluice verify finished, 0 if it stopped with an error."
-    );
-    describe_counter!(
-        WATCH_OBJECTS_TOTAL,
-        "Watched objects whose job was published and confirmed, by change (new, changed, removed)."
-    );
-    describe_counter!(
-        WATCH_LISTING_ERRORS_TOTAL,
-        "Polls of a watched location whose listing failed (nothing was enqueued or deleted)."
-    );
-    describe_counter!(
-        WATCH_PUBLISH_ERRORS_TOTAL,
-        "Polls stopped because a job could not be published; the rest waits for the next poll."
-    );
-    describe_histogram!(
-        WATCH_POLL_SECONDS,
-        Unit::Seconds,
-        "Time to poll one watched location: list, compare, publish, record."
-    );
+    for m in ALL {
+        match (m.kind, m.unit) {
+            (Kind::Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, m.help),
+            (Kind::Counter, None) => metrics::describe_counter!(m.name, m.help),
+            (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(m.name, unit, m.help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(m.name, m.help),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(m.name, unit, m.help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
 }
 
 /// Pushes rendered Prometheus text to a Pushgateway (`PUT <gateway>/metrics/job/<job>`), which
@@ -289,4 +259,65 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?;
     describe();
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::ALL;
+
+    /// `name{label,label}` as the README writes a metric.
+    fn written(name: &str, labels: &[&str]) -> String {
+        if labels.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{{{}}}", labels.join(","))
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric_with_its_labels_and_nothing_else() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let listed: BTreeSet<String> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `sluice_"))
+            .flat_map(|line| {
+                let first_cell = line.split(" | ").next().unwrap_or_default();
+                first_cell
+                    .split('`')
+                    .filter(|part| part.starts_with("sluice_"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let declared: BTreeSet<String> = ALL.iter().map(|m| written(m.name, m.labels)).collect();
+        let missing: Vec<_> = declared.difference(&listed).collect();
+        let stale: Vec<_> = listed.difference(&declared).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "README metric table out of step with shared/src/metrics.rs:\n  \
+             not in the README: {missing:?}\n  in the README, not emitted: {stale:?}"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_prometheus_shaped() {
+        let mut seen = BTreeSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} declared twice", m.name);
+            assert!(m.name.starts_with("sluice_"), "{}", m.name);
+            if m.kind == super::Kind::Counter {
+                assert!(
+                    m.name.ends_with("_total"),
+                    "counter {} lacks _total",
+                    m.name
+                );
+            }
+            if m.unit == Some(metrics::Unit::Seconds) {
+                assert!(m.name.ends_with("_seconds"), "{} is in seconds", m.name);
+            }
+        }
+    }
 }

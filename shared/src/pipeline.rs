@@ -299,19 +299,19 @@ impl Pipeline {
         let started = Instant::now();
         let _in_flight = m::InFlight::documents();
         let result = self.index_inner(job, fetched).await;
-        metrics::histogram!(m::DOCUMENT_SECONDS).record(started.elapsed().as_secs_f64());
+        m::document_duration_seconds().record(started.elapsed().as_secs_f64());
         match &result {
             Ok(Outcome::Indexed { chunks, tokens, .. }) => {
-                metrics::counter!(m::DOCUMENTS_TOTAL, "outcome" => "indexed").increment(1);
-                metrics::counter!(m::CHUNKS_TOTAL).increment(*chunks);
-                metrics::counter!(m::TOKENS_TOTAL).increment(*tokens);
+                m::documents_total("indexed").increment(1);
+                m::chunks_total().increment(*chunks);
+                m::embedded_tokens_total().increment(*tokens);
             }
             Ok(Outcome::Unchanged { .. }) => {
-                metrics::counter!(m::DOCUMENTS_TOTAL, "outcome" => "unchanged").increment(1);
+                m::documents_total("unchanged").increment(1);
             }
             Err(e) => {
-                metrics::counter!(m::DOCUMENTS_TOTAL, "outcome" => "failed").increment(1);
-                metrics::counter!(m::DOCUMENTS_FAILED_TOTAL, "reason" => e.kind()).increment(1);
+                m::documents_total("failed").increment(1);
+                m::documents_failed_total(e.kind()).increment(1);
             }
         }
         result
@@ -330,7 +330,7 @@ impl Pipeline {
                 return Err(e);
             }
         };
-        metrics::counter!(m::BYTES_READ_TOTAL).increment(bytes.len() as u64);
+        m::bytes_read_total().increment(bytes.len() as u64);
         let hash = {
             let bytes = bytes.clone();
             tokio::task::spawn_blocking(move || ids::content_hash(&bytes))
@@ -668,7 +668,7 @@ impl Pipeline {
                 }
             }
             busy += resumed.elapsed();
-            metrics::histogram!(m::STAGE_SECONDS, "stage" => "chunk").record(busy.as_secs_f64());
+            m::stage_duration_seconds("chunk").record(busy.as_secs_f64());
             if !window.is_empty() && sender.blocking_send(window).is_err() {
                 return ChunkingEnd::Stopped;
             }
@@ -833,7 +833,7 @@ impl Pipeline {
             Ok(()) | Err(StoreError::MissingCollection(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        metrics::counter!(m::DOCUMENTS_TOTAL, "outcome" => "deleted").increment(1);
+        m::documents_total("deleted").increment(1);
         Ok(())
     }
 
@@ -866,7 +866,7 @@ impl Pipeline {
 }
 
 fn stage_done(stage: &'static str, started: Instant) {
-    metrics::histogram!(m::STAGE_SECONDS, "stage" => stage).record(started.elapsed().as_secs_f64());
+    m::stage_duration_seconds(stage).record(started.elapsed().as_secs_f64());
 }
 
 fn internal(job: &DocumentJob, e: impl std::fmt::Display) -> PipelineError {

@@ -25,7 +25,6 @@ use crate::metadata::reindex_cursor::ReindexCursors;
 use crate::metadata::{
     DocumentFilter, DocumentRecord, MetadataError, MetadataStore, PostgresStore, SqliteStore,
 };
-use crate::metrics::JOBS_PUBLISHED_TOTAL;
 use crate::queue::{self, Publisher, QueueError, QueueSettings, job_headers};
 
 /// Publishes awaiting their confirm at once, per batch. Confirms arrive asynchronously, so a few
@@ -80,7 +79,7 @@ async fn publish_one(
     publisher
         .publish_with_retry(routing_key, job.to_json().as_bytes(), job_headers(0))
         .await?;
-    metrics::counter!(JOBS_PUBLISHED_TOTAL, "kind" => "index", "source" => "reindex").increment(1);
+    crate::metrics::jobs_published_total("index", "reindex").increment(1);
     Ok(())
 }
 

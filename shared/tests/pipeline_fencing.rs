@@ -26,8 +26,11 @@ const LEASE: Duration = Duration::from_millis(900);
 /// `BeforeCommit`/`BeforePublish`, renews no lease: it is frozen.
 #[derive(Default, Clone)]
 struct Freezer {
-    armed: Arc<Mutex<HashMap<(String, StepKey), Arc<Gate>>>>,
+    armed: Arc<Mutex<Gates>>,
 }
+
+/// The gate armed for each (document, step).
+type Gates = HashMap<(String, StepKey), Arc<Gate>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum StepKey {

@@ -20,9 +20,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use sluice_shared::config::{Settings, WorkerSizing};
 use sluice_shared::memory::DocumentBudget;
-use sluice_shared::metrics::{
-    InFlight, JOB_AGE_SECONDS, JOBS_IN_FLIGHT, JOBS_TOTAL, WORKER_CONCURRENCY,
-};
+use sluice_shared::metrics::InFlight;
 use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
 use sluice_shared::queue::{self, Consumer, Delivery, Publisher};
 use sluice_shared::store::{StoreError, VectorStore};
@@ -107,7 +105,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             ));
         }
         WorkerSizing::Fixed => {
-            metrics::gauge!(WORKER_CONCURRENCY).set(fleet.worker_concurrency as f64);
+            sluice_shared::metrics::worker_concurrency().set(fleet.worker_concurrency as f64);
         }
     }
     let abandon = CancellationToken::new();
@@ -285,7 +283,7 @@ async fn process(
     delivery: Delivery,
     abandon: &CancellationToken,
 ) {
-    let in_flight = InFlight::enter(JOBS_IN_FLIGHT);
+    let in_flight = InFlight::jobs();
     let handled =
         std::panic::AssertUnwindSafe(handler::handle(ctx, delivery.body(), delivery.attempt()))
             .catch_unwind();
@@ -360,10 +358,11 @@ async fn process(
     };
     match settled {
         Ok(()) => {
-            metrics::counter!(JOBS_TOTAL, "kind" => kind, "outcome" => label).increment(1);
+            sluice_shared::metrics::jobs_total(kind, label).increment(1);
             if let (Decision::Ack, Some(published)) = (&decision, published) {
                 let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-                metrics::histogram!(JOB_AGE_SECONDS).record((now - published).max(0.0));
+                sluice_shared::metrics::job_publish_to_ack_seconds()
+                    .record((now - published).max(0.0));
             }
         }
         // The broker will redeliver it (the channel is gone) or already has it back.
@@ -375,9 +374,7 @@ async fn process(
 
 async fn settle_hand_back(delivery: Delivery) {
     match delivery.hand_back().await {
-        Ok(()) => {
-            metrics::counter!(JOBS_TOTAL, "kind" => "any", "outcome" => "handed_back").increment(1)
-        }
+        Ok(()) => sluice_shared::metrics::jobs_total("any", "handed_back").increment(1),
         Err(e) => tracing::warn!(error = %e, "could not hand a job back"),
     }
 }

@@ -26,8 +26,6 @@ use sluice_shared::embed::limiter::requests_waiting;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use sluice_shared::metrics::WORKER_CONCURRENCY;
-
 /// How often the decision is taken.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Slot occupancy is sampled this often within an interval.
@@ -115,7 +113,7 @@ pub async fn run(
     let mut current = rule.initial;
     let mut owed = 0;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    metrics::gauge!(WORKER_CONCURRENCY).set(current as f64);
+    sluice_shared::metrics::worker_concurrency().set(current as f64);
     loop {
         let started = Instant::now();
         let cpu_before = sluice_shared::usage::own_cpu_time();
@@ -170,7 +168,7 @@ pub async fn run(
             "worker concurrency resized"
         );
         current = next;
-        metrics::gauge!(WORKER_CONCURRENCY).set(current as f64);
+        sluice_shared::metrics::worker_concurrency().set(current as f64);
         if resized.send(current).is_err() {
             return;
         }

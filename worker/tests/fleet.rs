@@ -25,7 +25,7 @@ async fn worker_indexes_jobs_and_dead_letters_poison_with_reasons() {
     for (i, uri) in good.iter().enumerate() {
         // Half as raw JSON exactly as documented, half through the library's job type.
         if i % 2 == 0 {
-            fleet.publish_index(&publisher, &uri).await;
+            fleet.publish_index(&publisher, uri).await;
         } else {
             let job = sluice_shared::job::Job::new(sluice_shared::job::JobSpec::Index(
                 sluice_shared::job::IndexJob::new(uri.clone()),

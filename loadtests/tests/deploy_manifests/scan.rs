@@ -1,7 +1,7 @@
 //! Reading `deploy/` and the Rust sources: file discovery and parsing, the catalogue of metric
 //! names and settings the code defines, and the scanners that find names in manifests and PromQL.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -78,31 +78,11 @@ pub fn json_docs(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
         .collect()
 }
 
-/// The Rust sources of the binaries and their library: (path, text).
-pub fn rust_sources() -> Vec<(PathBuf, String)> {
-    ["shared/src", "worker/src", "scheduler/src"]
-        .iter()
-        .flat_map(|d| files_under(&repo().join(d)))
-        .filter(|p| has_ext(p, &["rs"]))
-        .map(|p| {
-            let text = read(&p);
-            (p, text)
-        })
-        .collect()
-}
-
 pub fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-/// The string literal starting at `text[at]` (which must be `"`), if it is a plain one.
-pub fn literal_at(text: &str, at: usize) -> Option<&str> {
-    let rest = text.get(at..)?.strip_prefix('"')?;
-    let end = rest.find('"')?;
-    Some(&rest[..end])
-}
-
-/// Metric names the code can emit, and which of them are histograms (exported as `_bucket`,
+/// Metric names the binaries can emit, and which of them are histograms (exported as `_bucket`,
 /// `_sum` and `_count` series, never under the bare name).
 pub struct MetricCatalog {
     pub names: BTreeSet<String>,
@@ -110,52 +90,17 @@ pub struct MetricCatalog {
 }
 
 impl MetricCatalog {
-    pub fn from_sources(sources: &[(PathBuf, String)]) -> Self {
-        let mut names = BTreeSet::new();
-        let mut consts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (_, text) in sources {
-            for (at, _) in text.match_indices("\"sluice_") {
-                if let Some(lit) = literal_at(text, at).filter(|l| l.chars().all(is_ident)) {
-                    names.insert(lit.to_string());
-                }
-            }
-            // `const NAME: &str = "sluice_...";` — stages refer to names through constants.
-            for line in text.lines() {
-                let line = line.trim_start();
-                let line = line.strip_prefix("pub ").unwrap_or(line);
-                let Some(decl) = line.strip_prefix("const ") else {
-                    continue;
-                };
-                let Some((ident, value)) = decl.split_once(": &str = ") else {
-                    continue;
-                };
-                if let Some(lit) = value.find('"').and_then(|i| literal_at(value, i)) {
-                    consts
-                        .entry(ident.trim().to_string())
-                        .or_default()
-                        .insert(lit.to_string());
-                }
-            }
+    /// What `sluice_shared::metrics` declares: the only metrics the binaries can emit.
+    pub fn declared() -> Self {
+        use sluice_shared::metrics::{ALL, Kind};
+        MetricCatalog {
+            names: ALL.iter().map(|m| m.name.to_string()).collect(),
+            histograms: ALL
+                .iter()
+                .filter(|m| m.kind == Kind::Histogram)
+                .map(|m| m.name.to_string())
+                .collect(),
         }
-        let mut histograms = BTreeSet::new();
-        for (_, text) in sources {
-            // Matches `histogram!(` and `describe_histogram!(` alike.
-            for (at, pat) in text.match_indices("histogram!(") {
-                let arg = text[at + pat.len()..].trim_start();
-                if arg.starts_with('"') {
-                    histograms.extend(literal_at(arg, 0).map(str::to_string));
-                } else {
-                    let path: String = arg
-                        .chars()
-                        .take_while(|c| is_ident(*c) || *c == ':')
-                        .collect();
-                    let ident = path.rsplit("::").next().unwrap_or_default();
-                    histograms.extend(consts.get(ident).into_iter().flatten().cloned());
-                }
-            }
-        }
-        histograms.retain(|h| names.contains(h));
-        MetricCatalog { names, histograms }
     }
 
     /// Why `series` (a name used in PromQL) is not something the code exports, if it is not.
@@ -177,9 +122,7 @@ impl MetricCatalog {
                 }
             }
         }
-        Some(format!(
-            "{series} is not emitted anywhere in shared/, worker/ or scheduler/"
-        ))
+        Some(format!("{series} is not declared in shared/src/metrics.rs"))
     }
 }
 

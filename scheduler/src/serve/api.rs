@@ -34,7 +34,6 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_shared::job::{Job, JobLimits, JobSpec};
 use sluice_shared::metadata::MetadataStore;
-use sluice_shared::metrics::{API_REQUESTS_TOTAL, JOBS_PUBLISHED_TOTAL};
 use sluice_shared::queue::{Publisher, QueueSettings, job_headers};
 use sluice_shared::secret::{Secret, redact};
 use sluice_shared::source::AllowList;
@@ -207,7 +206,7 @@ async fn post_job(State(state): State<Shared>, body: Bytes) -> Response {
         .await
     {
         Ok(()) => {
-            metrics::counter!(JOBS_PUBLISHED_TOTAL, "kind" => kind, "source" => "api").increment(1);
+            sluice_shared::metrics::jobs_published_total(kind, "api").increment(1);
             tracing::info!(job_id = %job.job_id, kind, "job accepted");
             (
                 StatusCode::ACCEPTED,
@@ -341,12 +340,8 @@ async fn count_requests(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
-    metrics::counter!(
-        API_REQUESTS_TOTAL,
-        "route" => route,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
+    sluice_shared::metrics::api_requests_total(route, response.status().as_u16().to_string())
+        .increment(1);
     response
 }
 

@@ -34,7 +34,6 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Connection, ErrorKind};
 use sluice_shared::job::parse_s3_event;
-use sluice_shared::metrics::{JOBS_PUBLISHED_TOTAL, S3_EVENTS_TOTAL};
 use sluice_shared::queue::{
     self, Consumer, Delivery, Publisher, QueueError, QueueSettings, job_headers,
     work_queue_arguments,
@@ -218,7 +217,7 @@ async fn handle(delivery: Delivery, publisher: &Publisher, routing_key: &str) {
                     "rejected"
                 }
             };
-            metrics::counter!(S3_EVENTS_TOTAL, "outcome" => outcome).increment(1);
+            sluice_shared::metrics::s3_events_total(outcome).increment(1);
             return;
         }
     };
@@ -233,12 +232,11 @@ async fn handle(delivery: Delivery, publisher: &Publisher, routing_key: &str) {
             if let Err(error) = delivery.reject().await {
                 warn!(%error, "could not return the S3 event; the broker redelivers it");
             }
-            metrics::counter!(S3_EVENTS_TOTAL, "outcome" => "rejected").increment(1);
+            sluice_shared::metrics::s3_events_total("rejected").increment(1);
             tokio::time::sleep(PUBLISH_FAILURE_PAUSE).await;
             return;
         }
-        metrics::counter!(JOBS_PUBLISHED_TOTAL, "kind" => kind, "source" => "s3_events")
-            .increment(1);
+        sluice_shared::metrics::jobs_published_total(kind, "s3_events").increment(1);
         debug!(job_id = %job.job_id, kind, "job from an S3 event published");
     }
     let outcome = if jobs.is_empty() {
@@ -247,7 +245,7 @@ async fn handle(delivery: Delivery, publisher: &Publisher, routing_key: &str) {
         "published"
     };
     match delivery.ack().await {
-        Ok(()) => metrics::counter!(S3_EVENTS_TOTAL, "outcome" => outcome).increment(1),
+        Ok(()) => sluice_shared::metrics::s3_events_total(outcome).increment(1),
         // The event comes back and its jobs are published again: harmless, jobs are idempotent.
         Err(error) => warn!(%error, "could not ack the S3 event after publishing its jobs"),
     }

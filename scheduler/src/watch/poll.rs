@@ -147,7 +147,7 @@ impl Watcher {
             ..PollReport::default()
         };
         self.poll_into(location, shutdown, &mut report).await;
-        metrics::histogram!(m::WATCH_POLL_SECONDS).record(started.elapsed().as_secs_f64());
+        m::watch_poll_seconds().record(started.elapsed().as_secs_f64());
         if let Some(error) = &report.error {
             warn!(location = %report.location, %error, left = report.left, "watch poll failed");
         } else if report.enqueued() > 0 {
@@ -187,7 +187,7 @@ impl Watcher {
             Err(e) => {
                 // Nothing is compared, so nothing is deleted: an unreachable bucket must never look
                 // like an empty one.
-                metrics::counter!(m::WATCH_LISTING_ERRORS_TOTAL).increment(1);
+                m::watch_listing_errors_total().increment(1);
                 report.error = Some(format!("listing failed: {e}"));
                 return;
             }
@@ -259,18 +259,16 @@ impl Watcher {
                 Ok(item) => {
                     report.left -= 1;
                     report.count(change);
-                    metrics::counter!(m::WATCH_OBJECTS_TOTAL, "change" => change.as_str())
-                        .increment(1);
+                    m::watch_objects_total(change.as_str()).increment(1);
                     let kind = match change {
                         Change::Removed => "delete",
                         Change::New | Change::Changed => "index",
                     };
-                    metrics::counter!(m::JOBS_PUBLISHED_TOTAL, "kind" => kind, "source" => "watch")
-                        .increment(1);
+                    m::jobs_published_total(kind, "watch").increment(1);
                     done.push(item);
                 }
                 Err(e) => {
-                    metrics::counter!(m::WATCH_PUBLISH_ERRORS_TOTAL).increment(1);
+                    m::watch_publish_errors_total().increment(1);
                     report.error = Some(format!("{e:#}"));
                     break;
                 }

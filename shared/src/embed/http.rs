@@ -157,12 +157,11 @@ impl HttpSender {
             Err(AttemptError::Protocol(_)) => "protocol",
         };
         let provider = self.provider;
-        metrics::counter!("sluice_embed_requests_total", "provider" => provider, "outcome" => outcome).increment(1);
-        metrics::histogram!("sluice_embed_request_duration_seconds", "provider" => provider)
+        crate::metrics::embed_requests_total(provider, outcome).increment(1);
+        crate::metrics::embed_request_duration_seconds(provider)
             .record(started.elapsed().as_secs_f64());
         if outcome == "rate_limited" {
-            metrics::counter!("sluice_embed_rate_limited_total", "provider" => provider)
-                .increment(1);
+            crate::metrics::embed_rate_limited_total(provider).increment(1);
         }
         result
     }
@@ -370,7 +369,7 @@ where
         all.vectors.extend(part.vectors);
         all.tokens += part.tokens;
     }
-    metrics::counter!("sluice_embed_tokens_total", "provider" => provider).increment(all.tokens);
+    crate::metrics::embed_tokens_total(provider).increment(all.tokens);
     Ok(all)
 }
 

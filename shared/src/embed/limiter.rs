@@ -34,8 +34,6 @@ pub use fleet::{Bucket, FleetBudget, FleetBudgetError, FleetBudgetSettings, Flee
 pub use governor::{Admission, LimiterSettings, RateGovernor, RequestOutcome};
 pub use headers::{RateHeaders, parse_reset};
 
-use crate::metrics::{EMBED_CONCURRENCY_LIMIT, EMBED_LIMITER_WAIT_SECONDS};
-
 /// Requests waiting for admission in every limiter of this process.
 static WAITING: AtomicU64 = AtomicU64::new(0);
 
@@ -97,8 +95,7 @@ impl EmbedLimiter {
     /// maximum to at least the initial value; configuration validation reports them earlier.
     pub fn new(provider: &'static str, settings: LimiterSettings) -> Self {
         let governor = RateGovernor::new(settings, Instant::now());
-        metrics::gauge!(EMBED_CONCURRENCY_LIMIT, "provider" => provider)
-            .set(governor.limit() as f64);
+        crate::metrics::embed_concurrency_limit(provider).set(governor.limit() as f64);
         EmbedLimiter {
             provider,
             inner: Mutex::new(Inner {
@@ -169,7 +166,7 @@ impl EmbedLimiter {
                             ticket.served = true;
                             drop(inner);
                             self.changed.notify_waiters();
-                            metrics::histogram!(EMBED_LIMITER_WAIT_SECONDS, "provider" => self.provider)
+                            crate::metrics::embed_limiter_wait_seconds(self.provider)
                                 .record(started.elapsed().as_secs_f64());
                             return LimiterPermit {
                                 limiter: self.clone(),
@@ -212,7 +209,7 @@ impl EmbedLimiter {
             inner.governor.finish(Instant::now(), admission, outcome);
             inner.governor.limit()
         };
-        metrics::gauge!(EMBED_CONCURRENCY_LIMIT, "provider" => self.provider).set(limit as f64);
+        crate::metrics::embed_concurrency_limit(self.provider).set(limit as f64);
         self.changed.notify_waiters();
     }
 }

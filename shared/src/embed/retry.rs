@@ -174,8 +174,7 @@ where
             Verdict::Retry(reason) => reason.as_str(),
             Verdict::Fail => "none",
         };
-        metrics::counter!("sluice_embed_retries_total", "provider" => provider, "reason" => reason)
-            .increment(1);
+        crate::metrics::embed_retries_total(provider, reason).increment(1);
         tracing::warn!(
             provider,
             reason,

@@ -163,19 +163,19 @@ impl Report {
 /// stale or failed runs still fires).
 pub fn record_metrics(report: Option<&Report>, elapsed: std::time::Duration) {
     use crate::metrics as m;
-    metrics::gauge!(m::VERIFY_LAST_RUN_TIMESTAMP).set(Utc::now().timestamp() as f64);
-    metrics::gauge!(m::VERIFY_DURATION).set(elapsed.as_secs_f64());
-    metrics::gauge!(m::VERIFY_SUCCESS).set(if report.is_some() { 1.0 } else { 0.0 });
+    m::verify_last_run_timestamp_seconds().set(Utc::now().timestamp() as f64);
+    m::verify_duration_seconds().set(elapsed.as_secs_f64());
+    m::verify_last_run_success().set(if report.is_some() { 1.0 } else { 0.0 });
     let Some(report) = report else { return };
-    metrics::gauge!(m::VERIFY_DOCUMENTS_CHECKED).set(report.documents_checked as f64);
-    metrics::gauge!(m::VERIFY_POINTS_SCANNED).set(report.points_scanned as f64);
+    m::verify_documents_checked().set(report.documents_checked as f64);
+    m::verify_points_scanned().set(report.points_scanned as f64);
     for (kind, n) in &report.drift {
-        metrics::gauge!(m::VERIFY_DRIFT, "kind" => kind.as_str()).set(*n as f64);
+        m::verify_drift(kind.as_str()).set(*n as f64);
     }
     for (action, n) in &report.repairs {
-        metrics::gauge!(m::VERIFY_REPAIRS, "action" => action.as_str()).set(*n as f64);
+        m::verify_repairs(action.as_str()).set(*n as f64);
     }
-    metrics::gauge!(m::VERIFY_REPAIR_FAILURES).set(report.repair_failures as f64);
+    m::verify_repair_failures().set(report.repair_failures as f64);
 }
 
 /// One verification run over a vector store and its ledger.

@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
-use crate::metrics::{EMBED_FLEET_BUDGET_ERRORS, EMBED_FLEET_BUDGET_WAIT_SECONDS};
-
 /// The bucket holds 1/`BURST_DIVISOR` of the window's limit.
 const BURST_DIVISOR: f64 = 60.0;
 /// The window is stretched by 1/`WINDOW_SLACK_DIVISOR` for the refill rate: a request admitted
@@ -137,7 +135,7 @@ impl FleetBudget {
     }
 
     fn error(&self, what: &str, e: sqlx::Error) -> FleetBudgetError {
-        metrics::counter!(EMBED_FLEET_BUDGET_ERRORS).increment(1);
+        crate::metrics::embed_fleet_budget_errors_total().increment(1);
         FleetBudgetError {
             key: self.key.clone(),
             message: format!("{what}: {e}"),
@@ -152,7 +150,7 @@ impl FleetBudget {
         loop {
             match self.try_take(tokens).await? {
                 Ok(charge) => {
-                    metrics::histogram!(EMBED_FLEET_BUDGET_WAIT_SECONDS)
+                    crate::metrics::embed_fleet_budget_wait_seconds()
                         .record(started.elapsed().as_secs_f64());
                     return Ok(charge);
                 }
