@@ -210,10 +210,13 @@ fn run_of(row: &Row) -> Result<ReindexRun, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::metadata::{BeginOutcome, BeginRequest, MetadataStore, SqliteStore};
+    use std::sync::Arc;
 
-    async fn indexed(store: &SqliteStore, doc_id: &str, tenant: Option<&str>) {
+    use super::*;
+    use crate::metadata::{BeginOutcome, BeginRequest, MetadataStore, PostgresStore, SqliteStore};
+    use crate::testing::TestDatabase;
+
+    async fn indexed(store: &dyn MetadataStore, doc_id: &str, tenant: Option<&str>) {
         let req = BeginRequest {
             collection: "c".into(),
             doc_id: doc_id.into(),
@@ -249,10 +252,26 @@ mod tests {
             .unwrap();
     }
 
+    /// Both databases, the same rules: the tests below run each body against each.
+    async fn on_both<F>(body: impl Fn(ReindexCursors, Arc<dyn MetadataStore>) -> F)
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        body(ReindexCursors::new(&store), Arc::new(store)).await;
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::connect(&db.url).await.unwrap();
+        let pool = store.pool().clone();
+        body(ReindexCursors::new(&store), Arc::new(store)).await;
+        pool.close().await;
+    }
+
     #[tokio::test]
     async fn a_cursor_moves_only_for_its_own_run_and_completes_once() {
-        let store = SqliteStore::open_in_memory().await.unwrap();
-        let cursors = ReindexCursors::new(&store);
+        on_both(|cursors, _| a_cursor_moves(cursors)).await;
+    }
+
+    async fn a_cursor_moves(cursors: ReindexCursors) {
         let filter = DocumentFilter {
             tenant: Some("acme".into()),
             since: DateTime::from_timestamp_micros(1_700_000_000_000_000),
@@ -288,16 +307,18 @@ mod tests {
 
     #[tokio::test]
     async fn count_matches_what_list_documents_pages_through() {
-        let store = SqliteStore::open_in_memory().await.unwrap();
+        on_both(count_matches).await;
+    }
+
+    async fn count_matches(cursors: ReindexCursors, store: Arc<dyn MetadataStore>) {
         for (doc, tenant) in [
             ("a", Some("t")),
             ("b", None),
             ("c", Some("t")),
             ("d", Some("t")),
         ] {
-            indexed(&store, doc, tenant).await;
+            indexed(&*store, doc, tenant).await;
         }
-        let cursors = ReindexCursors::new(&store);
         let filter = DocumentFilter {
             tenant: Some("t".into()),
             ..DocumentFilter::default()
