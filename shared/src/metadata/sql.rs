@@ -1,13 +1,14 @@
 //! The SQL-dialect layer under the metadata store, the watch state and the reindex cursors: every
 //! statement is written once, and only these few things differ between the databases.
 //!
-//! | | PostgreSQL | SQLite |
-//! |---|---|---|
-//! | clock (`$now` in a statement, [`now`]) | the database's `clock_timestamp()` | this process's clock, bound as a parameter |
-//! | timestamps ([`Arg::Time`], [`Row::time`]) | `TIMESTAMPTZ` | microseconds since the Unix epoch |
-//! | prefix predicate ([`Dialect::starts_with`]) | `starts_with` | `substr(…) = …` |
-//! | list parameters ([`Arg::Texts`], [`Dialect::is_any`]) | arrays | JSON arrays |
-//! | read-decide-write ([`Db::begin`], [`Dialect::for_update`]) | `BEGIN` + `SELECT … FOR UPDATE` | `BEGIN IMMEDIATE` |
+//! - the clock (`$now` in a statement, [`now`]): PostgreSQL's own `clock_timestamp()`; in SQLite
+//!   this process's clock, bound as a parameter;
+//! - timestamps ([`Arg::Time`], [`Row::time`]): `TIMESTAMPTZ`; in SQLite microseconds since the
+//!   Unix epoch;
+//! - the prefix predicate ([`Dialect::starts_with`]): `starts_with`; in SQLite `substr(…) = …`;
+//! - list parameters ([`Arg::Texts`], [`Dialect::is_any`]): arrays; in SQLite JSON arrays;
+//! - read-decide-write ([`Db::begin`], [`Dialect::for_update`]): `BEGIN` and
+//!   `SELECT … FOR UPDATE`; in SQLite `BEGIN IMMEDIATE`.
 //!
 //! PostgreSQL keeps its own clock so that workers with skewed clocks still agree on when a lease
 //! ends. SQLite stores integers so that `lease_until > now` is an integer comparison (text
@@ -133,8 +134,8 @@ impl<'a> From<&'a Db> for On<'a> {
 impl<'a> From<&'a mut Tx> for On<'a> {
     fn from(tx: &'a mut Tx) -> Self {
         match tx {
-            Tx::Postgres(tx) => On::PgTx(&mut **tx),
-            Tx::Sqlite(tx) => On::SqliteTx(&mut **tx),
+            Tx::Postgres(tx) => On::PgTx(tx),
+            Tx::Sqlite(tx) => On::SqliteTx(tx),
         }
     }
 }

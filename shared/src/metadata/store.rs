@@ -4,8 +4,8 @@
 //!
 //! `begin` and `fail` run as read-decide-write transactions: a new row is created with
 //! `INSERT … ON CONFLICT DO NOTHING` (in PostgreSQL it waits for a concurrent inserter and then
-//! yields to it), an existing one is read under a lock (PostgreSQL's row lock, SQLite's write lock),
-//! and [`decide_begin`] decides. So however many callers race on one document, exactly one gets
+//! yields to it), an existing one is read under a lock (PostgreSQL's row lock, SQLite's write
+//! lock), and [`decide_begin`] decides. So however many callers race on one document, exactly one gets
 //! `Claimed`. Lease times come from the store's clock (PostgreSQL's own, so workers with skewed
 //! clocks still agree on when a lease ends).
 
@@ -536,7 +536,8 @@ impl<P: Send + Sync> MetadataStore for SqlStore<P> {
         let err = |e| db_error("status", e);
         // SUM(bigint) is numeric in PostgreSQL; cast back so it decodes as i64.
         let rows = Query::new(
-            "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(chunk_count), 0) AS BIGINT) AS chunks, \
+            "SELECT status, COUNT(*) AS n, \
+             CAST(COALESCE(SUM(chunk_count), 0) AS BIGINT) AS chunks, \
              CAST(COALESCE(SUM(tokens), 0) AS BIGINT) AS tokens FROM documents \
              WHERE ($1 IS NULL OR collection = $1) GROUP BY status",
         )
