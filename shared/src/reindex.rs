@@ -208,12 +208,12 @@ pub async fn open_store(
     Ok(match &settings.database_url {
         Some(url) => {
             let store = PostgresStore::connect(url.expose()).await?;
-            let cursors = ReindexCursors::postgres(&store);
+            let cursors = ReindexCursors::new(&store);
             (Arc::new(store), cursors)
         }
         None => {
             let store = SqliteStore::open(&settings.sqlite_path()).await?;
-            let cursors = ReindexCursors::sqlite(&store);
+            let cursors = ReindexCursors::new(&store);
             (Arc::new(store), cursors)
         }
     })

@@ -1,43 +1,17 @@
 //! Record stage: the metadata store. Per document: source, content hash, pipeline fingerprint,
 //! current version, status, counts, attempts, last error and timestamps. SQLite for one machine,
-//! PostgreSQL for the fleet, same behaviour (one contract suite).
+//! PostgreSQL for the fleet: one implementation ([`SqlStore`]) over a small SQL-dialect layer
+//! (`sql`), one contract suite.
 //!
 //! The store also arbitrates who may write a document: [`MetadataStore::begin`] grants an exclusive,
 //! expiring lease and a fresh version number, and [`MetadataStore::commit`] only succeeds for the
 //! lease holder. That is what makes two concurrent runs of one document converge to one version.
 
-/// `SELECT <every documents column> FROM documents ` followed by `$rest`, so both stores read rows
-/// the same way. Defined before the store modules so they can use it.
-macro_rules! select_records {
-    ($rest:literal) => {
-        concat!(
-            "SELECT collection, doc_id, source, tenant, content_hash, fingerprint, \
-             current_version, next_version, status, chunk_count, tokens, attempts, last_error, \
-             lease_token, lease_until, created_at, updated_at, indexed_at, published_version, \
-             metadata FROM documents ",
-            $rest
-        )
-    };
-}
-
-/// The reason of a failed row for [`MetadataStore::stats`]: `last_error` without a leading
-/// `<source>: ` or `<doc_id>: ` (how pipeline errors name their document). Plain SQL that SQLite
-/// and PostgreSQL both run the same way (`substr` and `length` count characters in both).
-macro_rules! failure_reason_sql {
-    () => {
-        "CASE \
-           WHEN substr(last_error, 1, length(source) + 2) = source || ': ' \
-             THEN substr(last_error, length(source) + 3) \
-           WHEN substr(last_error, 1, length(doc_id) + 2) = doc_id || ': ' \
-             THEN substr(last_error, length(doc_id) + 3) \
-           ELSE COALESCE(last_error, '') \
-         END"
-    };
-}
-
 pub mod postgres;
 pub mod reindex_cursor;
+mod sql;
 pub mod sqlite;
+mod store;
 pub mod watch_state;
 
 use std::path::Path;
@@ -49,6 +23,7 @@ use serde::Serialize;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use store::SqlStore;
 
 /// Lifecycle of a document row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -425,8 +400,8 @@ pub async fn connect_any(url_or_path: &str) -> Result<Arc<dyn MetadataStore>, Me
     Ok(Arc::new(SqliteStore::open(Path::new(location)).await?))
 }
 
-/// The columns of a row that decide [`MetadataStore::begin`]; both stores read them under a lock
-/// (row lock in PostgreSQL, the write lock in SQLite) and act on [`decide_begin`]'s answer.
+/// The columns of a row that decide [`MetadataStore::begin`], read under a lock (row lock in
+/// PostgreSQL, the write lock in SQLite); the store acts on [`decide_begin`]'s answer.
 #[derive(Debug, Clone)]
 pub(crate) struct LeaseView {
     pub status: DocStatus,
@@ -479,7 +454,7 @@ pub(crate) fn effective_labels(row: &Labels, req: &BeginRequest) -> Labels {
     }
 }
 
-/// The begin rules, as one pure function so both stores apply exactly the same ones:
+/// The begin rules, as one pure function:
 /// a live lease wins (`Busy`); an indexed row with the same content hash and pipeline fingerprint
 /// is `Unchanged` unless forced — or `Refresh` when its points still need the request's labels or
 /// their publication; anything else (new content, failed, deleted, expired lease) claims the next

@@ -11,12 +11,11 @@
 //! uses it.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::postgres::{PgPool, PgRow};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
 use uuid::Uuid;
 
-use super::{DocumentCursor, DocumentFilter, MetadataError, PostgresStore, SqliteStore, db_error};
+use super::sql::{self, Db, Query, Row};
+use super::store::{bind_filter, documents_matching};
+use super::{DocumentCursor, DocumentFilter, MetadataError, SqlStore, db_error};
 
 /// One reindex run as persisted.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,9 +40,8 @@ pub struct ReindexRun {
 
 /// The `reindex_cursors` table of a metadata database.
 #[derive(Debug, Clone)]
-pub enum ReindexCursors {
-    Postgres(PgPool),
-    Sqlite(SqlitePool),
+pub struct ReindexCursors {
+    db: Db,
 }
 
 const SELECT_RUN: &str = "SELECT run_key, run_id, collection, tenant, source_prefix, since, force, \
@@ -66,51 +64,23 @@ const ADVANCE_RUN: &str = "UPDATE reindex_cursors SET after_collection = $3, aft
 const COMPLETE_RUN: &str = "UPDATE reindex_cursors SET published = $3, updated_at = $4, \
      completed_at = $4 WHERE run_key = $1 AND run_id = $2 AND completed_at IS NULL";
 
-/// The same selection as `list_documents` (both stores), counted.
-const COUNT_POSTGRES: &str = "SELECT COUNT(*) AS n FROM documents \
-     WHERE status <> 'deleted' AND ($1::TEXT IS NULL OR collection = $1) \
-     AND ($2::TEXT IS NULL OR tenant = $2) AND ($3::TEXT IS NULL OR starts_with(source, $3)) \
-     AND ($4::TIMESTAMPTZ IS NULL OR updated_at >= $4) \
-     AND ($5::TEXT IS NULL OR collection > $5 OR (collection = $5 AND doc_id > $6))";
-
-const COUNT_SQLITE: &str = "SELECT COUNT(*) AS n FROM documents \
-     WHERE status <> 'deleted' AND ($1 IS NULL OR collection = $1) \
-     AND ($2 IS NULL OR tenant = $2) AND ($3 IS NULL OR substr(source, 1, length($3)) = $3) \
-     AND ($4 IS NULL OR updated_at >= $4) \
-     AND ($5 IS NULL OR collection > $5 OR (collection = $5 AND doc_id > $6))";
-
 impl ReindexCursors {
-    /// The cursor table of a PostgreSQL metadata store (same pool, already migrated).
-    pub fn postgres(store: &PostgresStore) -> Self {
-        ReindexCursors::Postgres(store.pool().clone())
-    }
-
-    /// The cursor table of a SQLite metadata store (same pool, already migrated).
-    pub fn sqlite(store: &SqliteStore) -> Self {
-        ReindexCursors::Sqlite(store.pool().clone())
+    /// The cursor table of a metadata store (same pool, already migrated).
+    pub fn new<P>(store: &SqlStore<P>) -> Self {
+        ReindexCursors {
+            db: store.db().clone(),
+        }
     }
 
     /// The run last started with `run_key`, finished or not.
     pub async fn find(&self, run_key: &str) -> Result<Option<ReindexRun>, MetadataError> {
         let err = |e| db_error("reading the reindex cursor", e);
-        match self {
-            ReindexCursors::Postgres(pool) => {
-                let row = sqlx::query(SELECT_RUN)
-                    .bind(run_key)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(err)?;
-                row.as_ref().map(pg_run).transpose()
-            }
-            ReindexCursors::Sqlite(pool) => {
-                let row = sqlx::query(SELECT_RUN)
-                    .bind(run_key)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(err)?;
-                row.as_ref().map(sqlite_run).transpose()
-            }
-        }
+        let row = Query::new(SELECT_RUN)
+            .bind(run_key)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(run_of).transpose().map_err(err)
     }
 
     /// Starts a fresh run for `run_key` at the beginning of the selection, replacing whatever
@@ -133,36 +103,18 @@ impl ReindexCursors {
             updated_at: now,
             completed_at: None,
         };
-        let err = |e| db_error("saving the reindex cursor", e);
-        let run_id = run.run_id.to_string();
-        match self {
-            ReindexCursors::Postgres(pool) => sqlx::query(UPSERT_RUN)
-                .bind(run_key)
-                .bind(run_id)
-                .bind(&filter.collection)
-                .bind(&filter.tenant)
-                .bind(&filter.source_prefix)
-                .bind(filter.since)
-                .bind(force)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map_err(err)?
-                .rows_affected(),
-            ReindexCursors::Sqlite(pool) => sqlx::query(UPSERT_RUN)
-                .bind(run_key)
-                .bind(run_id)
-                .bind(&filter.collection)
-                .bind(&filter.tenant)
-                .bind(&filter.source_prefix)
-                .bind(filter.since.map(|t| t.timestamp_micros()))
-                .bind(force)
-                .bind(now.timestamp_micros())
-                .execute(pool)
-                .await
-                .map_err(err)?
-                .rows_affected(),
-        };
+        Query::new(UPSERT_RUN)
+            .bind(run_key)
+            .bind(run.run_id.to_string())
+            .bind(&filter.collection)
+            .bind(&filter.tenant)
+            .bind(&filter.source_prefix)
+            .bind(filter.since)
+            .bind(force)
+            .bind(now)
+            .execute(&self.db)
+            .await
+            .map_err(|e| db_error("saving the reindex cursor", e))?;
         Ok(run)
     }
 
@@ -176,33 +128,16 @@ impl ReindexCursors {
         after: &DocumentCursor,
         published: u64,
     ) -> Result<bool, MetadataError> {
-        let err = |e| db_error("saving the reindex cursor", e);
-        let published = i64::try_from(published).unwrap_or(i64::MAX);
-        let now = Utc::now();
-        let rows = match self {
-            ReindexCursors::Postgres(pool) => sqlx::query(ADVANCE_RUN)
-                .bind(run_key)
-                .bind(run_id.to_string())
-                .bind(&after.collection)
-                .bind(&after.doc_id)
-                .bind(published)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map_err(err)?
-                .rows_affected(),
-            ReindexCursors::Sqlite(pool) => sqlx::query(ADVANCE_RUN)
-                .bind(run_key)
-                .bind(run_id.to_string())
-                .bind(&after.collection)
-                .bind(&after.doc_id)
-                .bind(published)
-                .bind(now.timestamp_micros())
-                .execute(pool)
-                .await
-                .map_err(err)?
-                .rows_affected(),
-        };
+        let rows = Query::new(ADVANCE_RUN)
+            .bind(run_key)
+            .bind(run_id.to_string())
+            .bind(&after.collection)
+            .bind(&after.doc_id)
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
+            .bind(Utc::now())
+            .execute(&self.db)
+            .await
+            .map_err(|e| db_error("saving the reindex cursor", e))?;
         Ok(rows == 1)
     }
 
@@ -214,29 +149,14 @@ impl ReindexCursors {
         run_id: Uuid,
         published: u64,
     ) -> Result<bool, MetadataError> {
-        let err = |e| db_error("saving the reindex cursor", e);
-        let published = i64::try_from(published).unwrap_or(i64::MAX);
-        let now = Utc::now();
-        let rows = match self {
-            ReindexCursors::Postgres(pool) => sqlx::query(COMPLETE_RUN)
-                .bind(run_key)
-                .bind(run_id.to_string())
-                .bind(published)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map_err(err)?
-                .rows_affected(),
-            ReindexCursors::Sqlite(pool) => sqlx::query(COMPLETE_RUN)
-                .bind(run_key)
-                .bind(run_id.to_string())
-                .bind(published)
-                .bind(now.timestamp_micros())
-                .execute(pool)
-                .await
-                .map_err(err)?
-                .rows_affected(),
-        };
+        let rows = Query::new(COMPLETE_RUN)
+            .bind(run_key)
+            .bind(run_id.to_string())
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
+            .bind(Utc::now())
+            .execute(&self.db)
+            .await
+            .map_err(|e| db_error("saving the reindex cursor", e))?;
         Ok(rows == 1)
     }
 
@@ -248,136 +168,55 @@ impl ReindexCursors {
         after: Option<&DocumentCursor>,
     ) -> Result<u64, MetadataError> {
         let err = |e| db_error("counting documents", e);
-        let n: i64 = match self {
-            ReindexCursors::Postgres(pool) => sqlx::query(COUNT_POSTGRES)
-                .bind(&filter.collection)
-                .bind(&filter.tenant)
-                .bind(&filter.source_prefix)
-                .bind(filter.since)
-                .bind(after.map(|c| c.collection.as_str()))
-                .bind(after.map(|c| c.doc_id.as_str()))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| row.try_get("n"))
-                .map_err(err)?,
-            ReindexCursors::Sqlite(pool) => sqlx::query(COUNT_SQLITE)
-                .bind(&filter.collection)
-                .bind(&filter.tenant)
-                .bind(&filter.source_prefix)
-                .bind(filter.since.map(|t| t.timestamp_micros()))
-                .bind(after.map(|c| c.collection.as_str()))
-                .bind(after.map(|c| c.doc_id.as_str()))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| row.try_get("n"))
-                .map_err(err)?,
-        };
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM documents WHERE {}",
+            documents_matching(self.db.dialect())
+        );
+        let n: i64 = bind_filter(Query::new(sql), filter, after)
+            .fetch_one(&self.db)
+            .await
+            .and_then(|row| row.get("n"))
+            .map_err(err)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 
-/// The parts of a row both databases store the same way.
-struct RowParts {
-    run_key: String,
-    run_id: String,
-    collection: Option<String>,
-    tenant: Option<String>,
-    source_prefix: Option<String>,
-    force: bool,
-    after_collection: Option<String>,
-    after_doc_id: Option<String>,
-    published: i64,
-}
-
-impl RowParts {
-    fn into_run(
-        self,
-        since: Option<DateTime<Utc>>,
-        started_at: DateTime<Utc>,
-        updated_at: DateTime<Utc>,
-        completed_at: Option<DateTime<Utc>>,
-    ) -> Result<ReindexRun, MetadataError> {
-        let run_id = Uuid::parse_str(&self.run_id).map_err(|e| {
-            MetadataError::Query(format!(
-                "reindex cursor {:?}: bad run_id: {e}",
-                self.run_key
-            ))
-        })?;
-        let after = match (self.after_collection, self.after_doc_id) {
-            (Some(collection), Some(doc_id)) => Some(DocumentCursor { collection, doc_id }),
-            _ => None,
-        };
-        Ok(ReindexRun {
-            run_key: self.run_key,
-            run_id,
-            filter: DocumentFilter {
-                collection: self.collection,
-                tenant: self.tenant,
-                source_prefix: self.source_prefix,
-                since,
-            },
-            force: self.force,
-            after,
-            published: u64::try_from(self.published).unwrap_or(0),
-            started_at,
-            updated_at,
-            completed_at,
-        })
-    }
-}
-
-macro_rules! row_parts {
-    ($row:expr) => {{
-        let row = $row;
-        let get = |e| db_error("reading the reindex cursor", e);
-        RowParts {
-            run_key: row.try_get("run_key").map_err(get)?,
-            run_id: row.try_get("run_id").map_err(get)?,
-            collection: row.try_get("collection").map_err(get)?,
-            tenant: row.try_get("tenant").map_err(get)?,
-            source_prefix: row.try_get("source_prefix").map_err(get)?,
-            force: row.try_get("force").map_err(get)?,
-            after_collection: row.try_get("after_collection").map_err(get)?,
-            after_doc_id: row.try_get("after_doc_id").map_err(get)?,
-            published: row.try_get("published").map_err(get)?,
-        }
-    }};
-}
-
-fn pg_run(row: &PgRow) -> Result<ReindexRun, MetadataError> {
-    let get = |e| db_error("reading the reindex cursor", e);
-    let parts = row_parts!(row);
-    parts.into_run(
-        row.try_get("since").map_err(get)?,
-        row.try_get("started_at").map_err(get)?,
-        row.try_get("updated_at").map_err(get)?,
-        row.try_get("completed_at").map_err(get)?,
-    )
-}
-
-fn sqlite_run(row: &SqliteRow) -> Result<ReindexRun, MetadataError> {
-    let get = |e| db_error("reading the reindex cursor", e);
-    let time = |column: &str, v: i64| {
-        DateTime::from_timestamp_micros(v).ok_or_else(|| {
-            MetadataError::Query(format!("reindex cursor column {column}: bad timestamp {v}"))
-        })
+fn run_of(row: &Row) -> Result<ReindexRun, sqlx::Error> {
+    let run_id: String = row.get("run_id")?;
+    let run_id = Uuid::parse_str(&run_id)
+        .map_err(|e| sql::decode_error("run_id", format!("bad run_id {run_id:?}: {e}")))?;
+    let after = match (row.get("after_collection")?, row.get("after_doc_id")?) {
+        (Some(collection), Some(doc_id)) => Some(DocumentCursor { collection, doc_id }),
+        _ => None,
     };
-    let opt_time = |column: &str, v: Option<i64>| v.map(|v| time(column, v)).transpose();
-    let parts = row_parts!(row);
-    parts.into_run(
-        opt_time("since", row.try_get("since").map_err(get)?)?,
-        time("started_at", row.try_get("started_at").map_err(get)?)?,
-        time("updated_at", row.try_get("updated_at").map_err(get)?)?,
-        opt_time("completed_at", row.try_get("completed_at").map_err(get)?)?,
-    )
+    let published: i64 = row.get("published")?;
+    Ok(ReindexRun {
+        run_key: row.get("run_key")?,
+        run_id,
+        filter: DocumentFilter {
+            collection: row.get("collection")?,
+            tenant: row.get("tenant")?,
+            source_prefix: row.get("source_prefix")?,
+            since: row.opt_time("since")?,
+        },
+        force: row.get("force")?,
+        after,
+        published: u64::try_from(published).unwrap_or(0),
+        started_at: row.time("started_at")?,
+        updated_at: row.time("updated_at")?,
+        completed_at: row.opt_time("completed_at")?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::metadata::{BeginOutcome, BeginRequest, MetadataStore};
+    use std::sync::Arc;
 
-    async fn indexed(store: &SqliteStore, doc_id: &str, tenant: Option<&str>) {
+    use super::*;
+    use crate::metadata::{BeginOutcome, BeginRequest, MetadataStore, PostgresStore, SqliteStore};
+    use crate::testing::TestDatabase;
+
+    async fn indexed(store: &dyn MetadataStore, doc_id: &str, tenant: Option<&str>) {
         let req = BeginRequest {
             collection: "c".into(),
             doc_id: doc_id.into(),
@@ -413,10 +252,26 @@ mod tests {
             .unwrap();
     }
 
+    /// Both databases, the same rules: the tests below run each body against each.
+    async fn on_both<F>(body: impl Fn(ReindexCursors, Arc<dyn MetadataStore>) -> F)
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        body(ReindexCursors::new(&store), Arc::new(store)).await;
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::connect(&db.url).await.unwrap();
+        let pool = store.pool().clone();
+        body(ReindexCursors::new(&store), Arc::new(store)).await;
+        pool.close().await;
+    }
+
     #[tokio::test]
     async fn a_cursor_moves_only_for_its_own_run_and_completes_once() {
-        let store = SqliteStore::open_in_memory().await.unwrap();
-        let cursors = ReindexCursors::sqlite(&store);
+        on_both(|cursors, _| a_cursor_moves(cursors)).await;
+    }
+
+    async fn a_cursor_moves(cursors: ReindexCursors) {
         let filter = DocumentFilter {
             tenant: Some("acme".into()),
             since: DateTime::from_timestamp_micros(1_700_000_000_000_000),
@@ -452,16 +307,18 @@ mod tests {
 
     #[tokio::test]
     async fn count_matches_what_list_documents_pages_through() {
-        let store = SqliteStore::open_in_memory().await.unwrap();
+        on_both(count_matches).await;
+    }
+
+    async fn count_matches(cursors: ReindexCursors, store: Arc<dyn MetadataStore>) {
         for (doc, tenant) in [
             ("a", Some("t")),
             ("b", None),
             ("c", Some("t")),
             ("d", Some("t")),
         ] {
-            indexed(&store, doc, tenant).await;
+            indexed(&*store, doc, tenant).await;
         }
-        let cursors = ReindexCursors::sqlite(&store);
         let filter = DocumentFilter {
             tenant: Some("t".into()),
             ..DocumentFilter::default()

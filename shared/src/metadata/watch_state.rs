@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The state lives beside the documents table: PostgreSQL for the fleet, SQLite on one machine,
-//! same behaviour (one contract test below runs against both). Rows are keyed by (collection,
+//! one implementation over the [dialect layer](super::sql) (one contract test below runs against
+//! both). Rows are keyed by (collection,
 //! location, object URI). Callers write a row only after the broker confirmed the job for it, so
 //! a crash between the two re-publishes the job (the worker's content hash makes that cheap)
 //! rather than forgetting the change.
@@ -20,14 +21,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
-use super::{MetadataError, PostgresStore, SqliteStore, db_error};
+use super::sql::{Arg, Dialect, Query};
+use super::{MetadataError, PostgresStore, SqlStore, SqliteStore, db_error};
 use crate::config::Settings;
 use crate::source::SourceObject;
 
-/// Rows per statement (PostgreSQL) or per transaction (SQLite) when writing many at once: large
-/// enough to amortise round trips, small enough that SQLite's write lock is never held for long.
+/// Rows per statement when writing many at once: large enough to amortise round trips, small
+/// enough that SQLite's write lock is never held for long.
 const WRITE_BATCH: usize = 500;
 
 /// What the last recorded listing said about one object.
@@ -118,34 +119,52 @@ fn size_from_db(size: i64) -> u64 {
     u64::try_from(size).unwrap_or(0)
 }
 
+/// The rows of a batch as a table `o(uri, e_tag, size, last_modified, last_seen)`, one list
+/// parameter per column from `$3` on, so that [`WatchState::record`] writes a batch in one
+/// statement.
+fn batch_rows(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => {
+            "UNNEST($3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[]) \
+             AS o(uri, e_tag, size, last_modified, last_seen)"
+        }
+        // The lists are JSON arrays; the other columns are read at each URI's index.
+        Dialect::Sqlite => {
+            "(SELECT u.value AS uri, $4 ->> u.key AS e_tag, $5 ->> u.key AS size, \
+             $6 ->> u.key AS last_modified, $7 ->> u.key AS last_seen FROM json_each($3) AS u) AS o"
+        }
+    }
+}
+
 #[async_trait]
-impl WatchState for PostgresStore {
+impl<P: Send + Sync> WatchState for SqlStore<P> {
     async fn objects(
         &self,
         collection: &str,
         location: &str,
     ) -> Result<Vec<WatchedObject>, MetadataError> {
         let err = |e| db_error("loading watch state", e);
-        let rows = sqlx::query(
+        let rows = Query::new(
             "SELECT uri, e_tag, size, last_modified, last_seen FROM watch_objects \
              WHERE collection = $1 AND location = $2 ORDER BY uri",
         )
         .bind(collection)
         .bind(location)
-        .fetch_all(self.pool())
+        .fetch_all(self.db())
         .await
         .map_err(err)?;
         rows.iter()
             .map(|row| {
                 Ok(WatchedObject {
-                    uri: row.try_get("uri").map_err(err)?,
-                    e_tag: row.try_get("e_tag").map_err(err)?,
-                    size: size_from_db(row.try_get("size").map_err(err)?),
-                    last_modified: row.try_get("last_modified").map_err(err)?,
-                    last_seen: row.try_get("last_seen").map_err(err)?,
+                    uri: row.get("uri")?,
+                    e_tag: row.get("e_tag")?,
+                    size: size_from_db(row.get("size")?),
+                    last_modified: row.time("last_modified")?,
+                    last_seen: row.time("last_seen")?,
                 })
             })
-            .collect()
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
     }
 
     async fn record(
@@ -154,28 +173,32 @@ impl WatchState for PostgresStore {
         location: &str,
         objects: &[WatchedObject],
     ) -> Result<(), MetadataError> {
+        // `WHERE true` tells SQLite's parser that `ON CONFLICT` starts the upsert, not a join.
+        let sql = format!(
+            "INSERT INTO watch_objects \
+             (collection, location, uri, e_tag, size, last_modified, last_seen) \
+             SELECT $1, $2, o.uri, o.e_tag, o.size, o.last_modified, o.last_seen FROM {} \
+             WHERE true ON CONFLICT (collection, location, uri) DO UPDATE SET \
+             e_tag = excluded.e_tag, size = excluded.size, \
+             last_modified = excluded.last_modified, last_seen = excluded.last_seen",
+            batch_rows(self.db().dialect())
+        );
         for batch in objects.chunks(WRITE_BATCH) {
-            // One statement per batch: arrays unnested into rows, instead of a round trip per row.
-            sqlx::query(
-                "INSERT INTO watch_objects \
-                 (collection, location, uri, e_tag, size, last_modified, last_seen) \
-                 SELECT $1, $2, o.uri, o.e_tag, o.size, o.last_modified, o.last_seen \
-                 FROM UNNEST($3::text[], $4::text[], $5::bigint[], $6::timestamptz[], \
-                 $7::timestamptz[]) AS o(uri, e_tag, size, last_modified, last_seen) \
-                 ON CONFLICT (collection, location, uri) DO UPDATE SET \
-                 e_tag = EXCLUDED.e_tag, size = EXCLUDED.size, \
-                 last_modified = EXCLUDED.last_modified, last_seen = EXCLUDED.last_seen",
-            )
-            .bind(collection)
-            .bind(location)
-            .bind(batch.iter().map(|o| o.uri.clone()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|o| o.e_tag.clone()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|o| size_to_db(o.size)).collect::<Vec<_>>())
-            .bind(batch.iter().map(|o| o.last_modified).collect::<Vec<_>>())
-            .bind(batch.iter().map(|o| o.last_seen).collect::<Vec<_>>())
-            .execute(self.pool())
-            .await
-            .map_err(|e| db_error("recording watch state", e))?;
+            Query::new(sql.clone())
+                .bind(collection)
+                .bind(location)
+                .bind(Arg::Texts(
+                    batch.iter().map(|o| Some(o.uri.clone())).collect(),
+                ))
+                .bind(Arg::Texts(batch.iter().map(|o| o.e_tag.clone()).collect()))
+                .bind(Arg::Ints(
+                    batch.iter().map(|o| size_to_db(o.size)).collect(),
+                ))
+                .bind(Arg::Times(batch.iter().map(|o| o.last_modified).collect()))
+                .bind(Arg::Times(batch.iter().map(|o| o.last_seen).collect()))
+                .execute(self.db())
+                .await
+                .map_err(|e| db_error("recording watch state", e))?;
         }
         Ok(())
     }
@@ -186,17 +209,18 @@ impl WatchState for PostgresStore {
         location: &str,
         uris: &[String],
     ) -> Result<(), MetadataError> {
+        let sql = format!(
+            "DELETE FROM watch_objects WHERE collection = $1 AND location = $2 AND {}",
+            self.db().dialect().is_any("uri", "$3")
+        );
         for batch in uris.chunks(WRITE_BATCH) {
-            sqlx::query(
-                "DELETE FROM watch_objects \
-                 WHERE collection = $1 AND location = $2 AND uri = ANY($3)",
-            )
-            .bind(collection)
-            .bind(location)
-            .bind(batch)
-            .execute(self.pool())
-            .await
-            .map_err(|e| db_error("forgetting watch state", e))?;
+            Query::new(sql.clone())
+                .bind(collection)
+                .bind(location)
+                .bind(batch)
+                .execute(self.db())
+                .await
+                .map_err(|e| db_error("forgetting watch state", e))?;
         }
         Ok(())
     }
@@ -208,147 +232,20 @@ impl WatchState for PostgresStore {
         uris: &[String],
         at: DateTime<Utc>,
     ) -> Result<(), MetadataError> {
+        let sql = format!(
+            "UPDATE watch_objects SET last_seen = $4 \
+             WHERE collection = $1 AND location = $2 AND {}",
+            self.db().dialect().is_any("uri", "$3")
+        );
         for batch in uris.chunks(WRITE_BATCH) {
-            sqlx::query(
-                "UPDATE watch_objects SET last_seen = $4 \
-                 WHERE collection = $1 AND location = $2 AND uri = ANY($3)",
-            )
-            .bind(collection)
-            .bind(location)
-            .bind(batch)
-            .bind(to_micros(at))
-            .execute(self.pool())
-            .await
-            .map_err(|e| db_error("refreshing watch state", e))?;
-        }
-        Ok(())
-    }
-}
-
-fn from_micros(column: &str, v: i64) -> Result<DateTime<Utc>, MetadataError> {
-    DateTime::from_timestamp_micros(v).ok_or_else(|| {
-        MetadataError::Query(format!("column {column} holds an invalid timestamp {v}"))
-    })
-}
-
-#[async_trait]
-impl WatchState for SqliteStore {
-    async fn objects(
-        &self,
-        collection: &str,
-        location: &str,
-    ) -> Result<Vec<WatchedObject>, MetadataError> {
-        let err = |e| db_error("loading watch state", e);
-        let rows = sqlx::query(
-            "SELECT uri, e_tag, size, last_modified, last_seen FROM watch_objects \
-             WHERE collection = $1 AND location = $2 ORDER BY uri",
-        )
-        .bind(collection)
-        .bind(location)
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(WatchedObject {
-                    uri: row.try_get("uri").map_err(err)?,
-                    e_tag: row.try_get("e_tag").map_err(err)?,
-                    size: size_from_db(row.try_get("size").map_err(err)?),
-                    last_modified: from_micros(
-                        "last_modified",
-                        row.try_get("last_modified").map_err(err)?,
-                    )?,
-                    last_seen: from_micros("last_seen", row.try_get("last_seen").map_err(err)?)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn record(
-        &self,
-        collection: &str,
-        location: &str,
-        objects: &[WatchedObject],
-    ) -> Result<(), MetadataError> {
-        let err = |e| db_error("recording watch state", e);
-        for batch in objects.chunks(WRITE_BATCH) {
-            // One transaction per batch: a single fsync instead of one per row.
-            let mut tx = self.pool().begin().await.map_err(err)?;
-            for o in batch {
-                sqlx::query(
-                    "INSERT INTO watch_objects \
-                     (collection, location, uri, e_tag, size, last_modified, last_seen) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (collection, location, uri) DO UPDATE SET \
-                     e_tag = excluded.e_tag, size = excluded.size, \
-                     last_modified = excluded.last_modified, last_seen = excluded.last_seen",
-                )
+            Query::new(sql.clone())
                 .bind(collection)
                 .bind(location)
-                .bind(&o.uri)
-                .bind(&o.e_tag)
-                .bind(size_to_db(o.size))
-                .bind(o.last_modified.timestamp_micros())
-                .bind(o.last_seen.timestamp_micros())
-                .execute(&mut *tx)
+                .bind(batch)
+                .bind(to_micros(at))
+                .execute(self.db())
                 .await
-                .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)?;
-        }
-        Ok(())
-    }
-
-    async fn forget(
-        &self,
-        collection: &str,
-        location: &str,
-        uris: &[String],
-    ) -> Result<(), MetadataError> {
-        let err = |e| db_error("forgetting watch state", e);
-        for batch in uris.chunks(WRITE_BATCH) {
-            let mut tx = self.pool().begin().await.map_err(err)?;
-            for uri in batch {
-                sqlx::query(
-                    "DELETE FROM watch_objects \
-                     WHERE collection = $1 AND location = $2 AND uri = $3",
-                )
-                .bind(collection)
-                .bind(location)
-                .bind(uri)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)?;
-        }
-        Ok(())
-    }
-
-    async fn mark_seen(
-        &self,
-        collection: &str,
-        location: &str,
-        uris: &[String],
-        at: DateTime<Utc>,
-    ) -> Result<(), MetadataError> {
-        let err = |e| db_error("refreshing watch state", e);
-        for batch in uris.chunks(WRITE_BATCH) {
-            let mut tx = self.pool().begin().await.map_err(err)?;
-            for uri in batch {
-                sqlx::query(
-                    "UPDATE watch_objects SET last_seen = $4 \
-                     WHERE collection = $1 AND location = $2 AND uri = $3",
-                )
-                .bind(collection)
-                .bind(location)
-                .bind(uri)
-                .bind(at.timestamp_micros())
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)?;
+                .map_err(|e| db_error("refreshing watch state", e))?;
         }
         Ok(())
     }
