@@ -31,7 +31,7 @@ use anyhow::{Context, bail};
 use sluice_shared::config::{Settings, validate_collection_name};
 use sluice_shared::metadata::reindex_cursor::{ReindexCursors, ReindexRun};
 use sluice_shared::metadata::{DocumentCursor, DocumentFilter, MetadataStore};
-use sluice_shared::queue::Publisher;
+use sluice_shared::queue::Broker;
 use sluice_shared::reindex::{
     Admission, QueueDepth, RunKey, admit, index_job, open_store, parse_since, publish_jobs, run_key,
 };
@@ -115,8 +115,8 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
     };
 
     let queue_settings = &settings.fleet.queue;
-    let depth = QueueDepth::open(queue_settings).await?;
-    let publisher = Publisher::connect(queue_settings).await?;
+    let broker = Broker::connect(queue_settings).await?;
+    let depth = QueueDepth::open(&broker).await?;
 
     let total = cursors
         .count_documents(&run.filter, run.after.as_ref())
@@ -131,7 +131,7 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
     let mut reindex = Reindex {
         metadata,
         cursors,
-        publisher,
+        broker,
         depth,
         work_queue: queue_settings.work_queue.clone(),
         batch,
@@ -148,7 +148,7 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
     let ending = reindex.publish_all().await;
     let Reindex {
         progress,
-        publisher,
+        broker,
         run,
         published,
         published_before,
@@ -157,7 +157,7 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
         ..
     } = reindex;
     progress.finish();
-    publisher.close().await;
+    broker.close().await;
     let elapsed = started.elapsed();
     let skipped_note = match skipped {
         0 => String::new(),
@@ -203,7 +203,7 @@ enum Ending {
 struct Reindex {
     metadata: Arc<dyn MetadataStore>,
     cursors: ReindexCursors,
-    publisher: Publisher,
+    broker: Broker,
     depth: QueueDepth,
     work_queue: String,
     batch: usize,
@@ -254,7 +254,7 @@ impl Reindex {
                 }
             }
             // Not interruptible: once a batch starts, it is confirmed and saved as a whole.
-            publish_jobs(&self.publisher, &jobs)
+            publish_jobs(&self.broker.publisher(), &jobs)
                 .await
                 .context("publishing a batch of index jobs")?;
             self.published += jobs.len() as u64;

@@ -146,7 +146,8 @@ impl Publisher {
         let _ = link.connection.close(200, "bye".into()).await;
     }
 
-    async fn publish_retrying(
+    /// Publishes to `exchange` with `routing_key`, retried like [`Self::publish_with_retry`].
+    pub(super) async fn publish_retrying(
         &self,
         exchange: &str,
         routing_key: &str,
