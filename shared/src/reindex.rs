@@ -111,8 +111,6 @@ pub fn admit(depth: u32, batch: usize, max_depth: u32) -> Admission {
 /// Reads how many ready messages wait in the work queue (a passive declare; deliveries held
 /// unacked by workers are not counted), on a channel of its own.
 pub struct QueueDepth {
-    // Kept so the channel stays open.
-    _connection: Arc<lapin::Connection>,
     channel: lapin::Channel,
     queue: String,
 }
@@ -121,16 +119,10 @@ impl QueueDepth {
     /// Reads on `broker`'s connection. The broker declared the topology, so the work queue
     /// exists: a passive declare of a missing queue would close the channel.
     pub async fn open(broker: &Broker) -> Result<Self, QueueError> {
-        let connection = broker.connection().clone();
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| QueueError::Channel {
-                what: "opening a channel for queue depth checks",
-                source,
-            })?;
+        let channel = broker
+            .channel("opening a channel for queue depth checks")
+            .await?;
         Ok(QueueDepth {
-            _connection: connection,
             channel,
             queue: broker.settings().work_queue.clone(),
         })

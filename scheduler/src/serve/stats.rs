@@ -121,13 +121,7 @@ impl BrokerProbe {
             link.connection = Some(Arc::new(queue::connect(&self.settings).await?));
         }
         let connection = link.connection.as_ref().expect("set just above");
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| QueueError::Channel {
-                what: "opening a probe channel",
-                source,
-            })?;
+        let channel = queue::open_channel(connection, "opening a probe channel").await?;
         link.channel = Some(channel.clone());
         Ok(channel)
     }

@@ -7,6 +7,7 @@ use lapin::Connection;
 
 use super::{
     Consumer, Publisher, QueueError, QueueRoute, QueueSettings, connect, declare_topology,
+    open_channel,
 };
 
 /// A process's link to the broker: a connection for declaring, consuming and probing, and a
@@ -25,14 +26,11 @@ impl Broker {
         settings.validate()?;
         let declared = async {
             let connection = connect(settings).await?;
-            let channel =
-                connection
-                    .create_channel()
-                    .await
-                    .map_err(|source| QueueError::Channel {
-                        what: "opening a channel to declare the queue topology",
-                        source,
-                    })?;
+            let channel = open_channel(
+                &connection,
+                "opening a channel to declare the queue topology",
+            )
+            .await?;
             declare_topology(&channel, settings).await?;
             let _ = channel.close(200, "bye".into()).await;
             Ok(connection)
@@ -58,6 +56,12 @@ impl Broker {
     /// The process's publisher (shared: publishes run concurrently on it).
     pub fn publisher(&self) -> Arc<Publisher> {
         self.publisher.clone()
+    }
+
+    /// A new channel on the broker's connection (for passive declares, which close their channel
+    /// when the queue is missing); `what` says what it is for, should opening it fail.
+    pub async fn channel(&self, what: &'static str) -> Result<lapin::Channel, QueueError> {
+        open_channel(&self.connection, what).await
     }
 
     /// The work queue's route.

@@ -60,13 +60,7 @@ impl Consumer {
         tag: &str,
         publisher: Arc<Publisher>,
     ) -> Result<Self, QueueError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| QueueError::Channel {
-                what: "opening a consumer channel",
-                source,
-            })?;
+        let channel = super::open_channel(connection, "opening a consumer channel").await?;
         // Per-consumer prefetch (global=false): quorum queues refuse global QoS.
         channel
             .basic_qos(prefetch, BasicQosOptions { global: false })

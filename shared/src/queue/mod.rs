@@ -239,6 +239,17 @@ pub async fn connect(settings: &QueueSettings) -> Result<Connection, QueueError>
         })
 }
 
+/// A new channel on `connection`; `what` says what it is for, should opening it fail.
+pub async fn open_channel(
+    connection: &Connection,
+    what: &'static str,
+) -> Result<Channel, QueueError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|source| QueueError::Channel { what, source })
+}
+
 /// Ready messages in `queue` (not counting unacked deliveries), by a passive declare. Note that
 /// AMQP closes `channel` when the queue does not exist, so use a channel dedicated to such checks.
 pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, QueueError> {

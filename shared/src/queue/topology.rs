@@ -197,6 +197,8 @@ async fn declare_retry_queues(channel: &Channel, route: &QueueRoute) -> Result<(
     Ok(())
 }
 
+const DECLARING: &str = "opening a channel to declare queues";
+
 /// Declares the S3 event notification queue `name` like the work queue (durable quorum,
 /// dead-lettering to the DLX, `x-delivery-limit`) and its own retry queues, and returns its route.
 /// An events queue that already exists with other arguments (an operator's, or one from the
@@ -208,13 +210,13 @@ pub async fn declare_s3_events_queue(
     name: &str,
 ) -> Result<QueueRoute, QueueError> {
     let route = QueueRoute::s3_events(settings, name);
-    let mut channel = open_channel(connection).await?;
+    let mut channel = super::open_channel(connection, DECLARING).await?;
     if let Err(error) = queue(&channel, name, work_queue_arguments(settings)).await {
         if !matches!(&error, QueueError::Declare { source, .. } if is_precondition_failed(source)) {
             return Err(error);
         }
         // The broker closed that channel; the passive declare and the rest need a new one.
-        channel = open_channel(connection).await?;
+        channel = super::open_channel(connection, DECLARING).await?;
         super::queue_counts(&channel, name).await?;
         warn!(queue = name, %error,
             "the S3 events queue exists with other arguments; consuming it as it is");
@@ -222,16 +224,6 @@ pub async fn declare_s3_events_queue(
     declare_retry_queues(&channel, &route).await?;
     let _ = channel.close(200, "bye".into()).await;
     Ok(route)
-}
-
-async fn open_channel(connection: &Connection) -> Result<Channel, QueueError> {
-    connection
-        .create_channel()
-        .await
-        .map_err(|source| QueueError::Channel {
-            what: "opening a channel to declare queues",
-            source,
-        })
 }
 
 fn is_precondition_failed(error: &lapin::Error) -> bool {
