@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sluice_shared::config::{Loader, Settings};
 use sluice_shared::metadata::{DocStatus, MetadataStore, PostgresStore};
 use sluice_shared::queue::{
-    self, ERROR_HEADER, ERROR_KIND_HEADER, Publisher, header_string, job_headers,
+    self, Broker, ERROR_HEADER, ERROR_KIND_HEADER, Publisher, header_string, job_headers,
 };
 use sluice_shared::store::VectorStore;
 use sluice_shared::store::qdrant::QdrantStore;
@@ -116,15 +117,11 @@ impl Fleet {
     }
 
     /// Declares the topology (as the scheduler does at start-up) and returns a publisher.
-    pub async fn publisher(&self) -> Publisher {
-        let settings = &self.settings.fleet.queue;
-        let conn = queue::connect(settings).await.unwrap_or_else(|e| {
+    pub async fn publisher(&self) -> Arc<Publisher> {
+        let broker = Broker::connect(&self.settings.fleet.queue).await.unwrap_or_else(|e| {
             panic!("RabbitMQ is not reachable ({e}); start it with `rabbitmq-server -detached` or run scripts/test.sh")
         });
-        queue::declare_topology(&conn.create_channel().await.unwrap(), settings)
-            .await
-            .unwrap();
-        Publisher::connect(settings).await.unwrap()
+        broker.publisher()
     }
 
     /// Publishes a raw JSON body, as another service would.

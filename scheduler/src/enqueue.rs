@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use sluice_shared::config::{Settings, validate_collection_name};
 use sluice_shared::job::{IndexJob, Job, JobSpec};
-use sluice_shared::queue::{self, Publisher, job_headers};
+use sluice_shared::queue::{Broker, job_headers};
 
 #[derive(clap::Args)]
 pub struct EnqueueArgs {
@@ -41,16 +41,8 @@ pub async fn run(settings: Settings, args: EnqueueArgs) -> anyhow::Result<ExitCo
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let queue_settings = &settings.fleet.queue;
-    let connection = queue::connect(queue_settings).await?;
-    queue::declare_topology(
-        &connection
-            .create_channel()
-            .await
-            .context("opening a channel")?,
-        queue_settings,
-    )
-    .await?;
-    let publisher = Publisher::connect(queue_settings).await?;
+    let broker = Broker::connect(queue_settings).await?;
+    let publisher = broker.publisher();
     for job in &jobs {
         publisher
             .publish_with_retry(
@@ -62,7 +54,7 @@ pub async fn run(settings: Settings, args: EnqueueArgs) -> anyhow::Result<ExitCo
             .with_context(|| format!("publishing the job for {}", describe(job)))?;
         println!("{} {}", job.job_id, describe(job));
     }
-    publisher.close().await;
+    broker.close().await;
     eprintln!(
         "enqueued {} job(s) on {}",
         jobs.len(),

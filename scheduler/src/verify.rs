@@ -21,7 +21,7 @@ use sluice_shared::config::{Settings, validate_collection_name};
 use sluice_shared::job::{Job, JobSpec};
 use sluice_shared::metadata::{DocStatus, MetadataStore};
 use sluice_shared::pipeline::Pipeline;
-use sluice_shared::queue::{self, Publisher, QueueSettings};
+use sluice_shared::queue::{Broker, QueueSettings};
 use sluice_shared::reindex::publish_jobs;
 use sluice_shared::source::{AllowList, ReadLimits, Source};
 use sluice_shared::store::{StoreError, VectorStore};
@@ -251,31 +251,24 @@ trait Runner: JobRunner {
 
 /// Fleet: repair jobs go to the work queue (confirmed), for the workers to run.
 struct Publish {
-    publisher: Publisher,
+    broker: Broker,
 }
 
 impl Publish {
-    /// Declares the topology first (as `sluice enqueue` does), so the jobs have somewhere to go
-    /// even before any worker started.
+    /// The broker declares the topology first (as `sluice enqueue` does), so the jobs have
+    /// somewhere to go even before any worker started.
     async fn connect(settings: &QueueSettings) -> anyhow::Result<Self> {
-        let connection = queue::connect(settings)
+        let broker = Broker::connect(settings)
             .await
             .context("connecting to the broker for repair jobs")?;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        queue::declare_topology(&channel, settings).await?;
-        Ok(Publish {
-            publisher: Publisher::connect(settings).await?,
-        })
+        Ok(Publish { broker })
     }
 }
 
 #[async_trait]
 impl JobRunner for Publish {
     async fn run(&self, jobs: &[Job]) -> Result<Vec<Result<(), String>>, VerifyError> {
-        publish_jobs(&self.publisher, jobs)
+        publish_jobs(&self.broker.publisher(), jobs)
             .await
             .map_err(|e| VerifyError::Jobs(e.to_string()))?;
         Ok(jobs.iter().map(|_| Ok(())).collect())
@@ -285,7 +278,7 @@ impl JobRunner for Publish {
 #[async_trait]
 impl Runner for Publish {
     async fn close(&self) {
-        self.publisher.close().await;
+        self.broker.close().await;
     }
 }
 

@@ -14,10 +14,20 @@ use sluice_shared::job::{Job, JobSpec};
 use sluice_shared::metadata::{
     BeginOutcome, BeginRequest, DocStatus, DocumentFilter, DocumentRecord, MetadataStore,
 };
-use sluice_shared::queue;
+use sluice_shared::queue::{self, Broker, QueueSettings};
 use sluice_shared::reindex::QueueDepth;
 
 const DOCS: usize = 60;
+
+/// Reads the work queue's depth on a broker connection of its own.
+async fn open_depth(settings: &QueueSettings) -> QueueDepth {
+    let broker = Broker::connect(settings)
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable ({e})"));
+    QueueDepth::open(&broker)
+        .await
+        .expect("a channel for depth checks")
+}
 
 /// Samples the work queue's ready depth every ~20 ms until stopped; returns the largest seen.
 struct DepthSampler {
@@ -27,9 +37,7 @@ struct DepthSampler {
 
 impl DepthSampler {
     async fn start(fleet: &Fleet) -> Self {
-        let depth = QueueDepth::open(&fleet.settings.fleet.queue)
-            .await
-            .unwrap_or_else(|e| panic!("RabbitMQ is not reachable ({e})"));
+        let depth = open_depth(&fleet.settings.fleet.queue).await;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -230,9 +238,7 @@ async fn an_interrupted_reindex_resumes_after_its_saved_cursor() {
     }
     let all: Vec<String> = (0..N).map(|i| format!("doc-{i:02}")).collect();
     let queue_settings = fleet.settings.fleet.queue.clone();
-    let depth = QueueDepth::open(&queue_settings)
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable ({e})"));
+    let depth = open_depth(&queue_settings).await;
 
     // First run: two batches fill the queue to its bound, then it waits; stop it there.
     let run = fleet

@@ -5,15 +5,14 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection};
 use sluice_loadtests::fleet::Fleet;
 use sluice_shared::job::{DeleteTarget, Job, JobSpec};
-use sluice_shared::queue::{self, QueueSettings};
+use sluice_shared::queue::{self, QueueRoute, QueueSettings};
 
-/// Deletes the events queue at the end (the fleet only knows its own topology).
+/// Deletes the events queue and its retry queues at the end (the fleet only knows its own
+/// topology).
 struct EventsQueue {
     settings: QueueSettings,
     name: String,
@@ -21,22 +20,8 @@ struct EventsQueue {
 
 impl Drop for EventsQueue {
     fn drop(&mut self) {
-        let (settings, name) = (self.settings.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async move {
-                let conn = queue::connect(&settings).await.ok()?;
-                let channel = conn.create_channel().await.ok()?;
-                let _ = channel
-                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-                conn.close(200, "done".into()).await.ok()
-            })
-        })
-        .join();
+        let route = QueueRoute::s3_events(&self.settings, &self.name);
+        sluice_shared::testing::delete_queues(&self.settings, route.queue_names());
     }
 }
 

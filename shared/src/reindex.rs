@@ -25,7 +25,7 @@ use crate::metadata::reindex_cursor::ReindexCursors;
 use crate::metadata::{
     DocumentFilter, DocumentRecord, MetadataError, MetadataStore, PostgresStore, SqliteStore,
 };
-use crate::queue::{self, Publisher, QueueError, QueueSettings, job_headers};
+use crate::queue::{self, Broker, Publisher, QueueError, job_headers};
 
 /// Publishes awaiting their confirm at once, per batch. Confirms arrive asynchronously, so a few
 /// dozen in flight hide the round trip without holding much unconfirmed work.
@@ -108,31 +108,22 @@ pub fn admit(depth: u32, batch: usize, max_depth: u32) -> Admission {
 }
 
 /// Reads how many ready messages wait in the work queue (a passive declare; deliveries held
-/// unacked by workers are not counted), on a connection of its own.
+/// unacked by workers are not counted), on a channel of its own.
 pub struct QueueDepth {
-    // Kept so the channel stays open.
-    _connection: lapin::Connection,
     channel: lapin::Channel,
     queue: String,
 }
 
 impl QueueDepth {
-    /// Connects and declares the topology, so the work queue exists: a passive declare of a
-    /// missing queue would close the channel.
-    pub async fn open(settings: &QueueSettings) -> Result<Self, QueueError> {
-        let connection = queue::connect(settings).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| QueueError::Channel {
-                what: "opening a channel for queue depth checks",
-                source,
-            })?;
-        queue::declare_topology(&channel, settings).await?;
+    /// Reads on `broker`'s connection. The broker declared the topology, so the work queue
+    /// exists: a passive declare of a missing queue would close the channel.
+    pub async fn open(broker: &Broker) -> Result<Self, QueueError> {
+        let channel = broker
+            .channel("opening a channel for queue depth checks")
+            .await?;
         Ok(QueueDepth {
-            _connection: connection,
             channel,
-            queue: settings.work_queue.clone(),
+            queue: broker.settings().work_queue.clone(),
         })
     }
 

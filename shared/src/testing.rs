@@ -78,6 +78,29 @@ impl Drop for TestDatabase {
 /// Deletes every queue and exchange of a test's topology (best effort), from a thread of its own
 /// so it can run from `Drop` inside a runtime.
 pub fn delete_topology(settings: &crate::queue::QueueSettings) {
+    let mut queues = vec![
+        settings.work_queue.clone(),
+        settings.dead_letter_queue.clone(),
+    ];
+    queues.extend(settings.retry_queue_names());
+    let exchanges = vec![
+        settings.exchange.clone(),
+        settings.dead_letter_exchange.clone(),
+    ];
+    delete_queues_and_exchanges(settings, queues, exchanges);
+}
+
+/// Deletes `queues` (best effort) on the broker of `settings`, like [`delete_topology`]; for
+/// queues outside the fleet's topology, such as an S3 events queue and its retry queues.
+pub fn delete_queues(settings: &crate::queue::QueueSettings, queues: Vec<String>) {
+    delete_queues_and_exchanges(settings, queues, Vec::new());
+}
+
+fn delete_queues_and_exchanges(
+    settings: &crate::queue::QueueSettings,
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+) {
     let s = settings.clone();
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -87,15 +110,11 @@ pub fn delete_topology(settings: &crate::queue::QueueSettings) {
         rt.block_on(async move {
             let conn = crate::queue::connect(&s).await.ok()?;
             let ch = conn.create_channel().await.ok()?;
-            let mut queues = vec![s.work_queue.clone(), s.dead_letter_queue.clone()];
-            queues.extend(s.retry_queue_names());
             for q in queues {
                 let _ = ch.queue_delete(q.into(), Default::default()).await;
             }
-            for x in [&s.exchange, &s.dead_letter_exchange] {
-                let _ = ch
-                    .exchange_delete(x.as_str().into(), Default::default())
-                    .await;
+            for x in exchanges {
+                let _ = ch.exchange_delete(x.into(), Default::default()).await;
             }
             conn.close(200, "done".into()).await.ok()
         })

@@ -2,14 +2,18 @@
 //! `SLUICE_TEST_AMQP_URL`). Each test declares its own uniquely named exchanges and queues and
 //! deletes them when it ends, pass or fail. An unreachable broker fails the test.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use sluice_shared::queue::{
-    self, Consumer, DEFAULT_AMQP_URL, Delivery, ERROR_HEADER, ERROR_KIND_HEADER, Publisher,
-    QueueError, QueueSettings, attempt_of, header_string, job_headers, queue_depth,
+    self, Broker, Consumer, DEFAULT_AMQP_URL, Delivery, ERROR_HEADER, ERROR_KIND_HEADER, Publisher,
+    QueueError, QueueRoute, QueueSettings, attempt_of, header_string, job_headers, queue_depth,
     retry_queue_arguments, work_queue_arguments,
 };
 use sluice_shared::secret::Secret;
@@ -470,4 +474,162 @@ async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
     assert!(matches!(err, QueueError::Connect { .. }), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
     assert!(message.contains("127.0.0.1:1"), "{message}");
+}
+
+/// An S3 events queue of a test, deleted with its retry queues when dropped.
+struct EventsQueue {
+    settings: QueueSettings,
+    route: QueueRoute,
+}
+
+impl EventsQueue {
+    fn new(settings: &QueueSettings) -> Self {
+        let name = format!("{}.events", settings.work_queue);
+        EventsQueue {
+            settings: settings.clone(),
+            route: QueueRoute::s3_events(settings, &name),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.route.queue()
+    }
+}
+
+impl Drop for EventsQueue {
+    fn drop(&mut self) {
+        sluice_shared::testing::delete_queues(&self.settings, self.route.queue_names());
+    }
+}
+
+/// Publishes `body` to `queue` through the default exchange, as MinIO's AMQP target does.
+async fn publish_to_queue(t: &TestTopology, queue: &str, body: &[u8]) {
+    let channel = t.channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_s3_event_returns_to_the_events_queue_never_to_the_work_queue() {
+    let t = TestTopology::declare(unique_settings()).await;
+    let s = &t.settings;
+    let events = EventsQueue::new(s);
+    let route = queue::declare_s3_events_queue(&t.connection, s, events.name())
+        .await
+        .expect("declaring the events queue");
+    assert_eq!(route, events.route);
+    let publisher = Arc::new(Publisher::connect(s).await.expect("publisher"));
+    let mut consumer = Consumer::start_on(&t.connection, route.clone(), 1, "events", publisher)
+        .await
+        .expect("consumer");
+    publish_to_queue(&t, events.name(), b"{\"Records\":[]}").await;
+
+    // Handed back: a fresh copy on the events queue, delivered to its consumer again.
+    let event = next_within(&mut consumer, Duration::from_secs(10)).await;
+    assert_eq!(event.queue(), events.name());
+    event.hand_back().await.expect("hand_back");
+    let again = next_within(&mut consumer, Duration::from_secs(10)).await;
+    assert_eq!(again.queue(), events.name());
+    assert_eq!(again.body(), b"{\"Records\":[]}");
+    assert!(!again.redelivered(), "a republished copy, not a requeue");
+    assert_eq!(t.depth(&s.work_queue).await, 0);
+
+    // Retried: parked on the events queue's own first retry queue, then back on the events queue.
+    let sent = Instant::now();
+    again
+        .retry_later(1, "the bucket was unreachable")
+        .await
+        .expect("retry_later");
+    let parked = &route.retry_queue(1).name;
+    assert_eq!(parked, &format!("{}.retry.2s", events.name()));
+    assert_eq!(t.depth(parked).await, 1);
+    let work_retry = s.retry_queue_name(s.retry_delays[0]);
+    assert_eq!(t.depth(&work_retry).await, 0);
+    let back = next_within(&mut consumer, Duration::from_secs(20)).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "came back after {:?}, before the TTL",
+        sent.elapsed()
+    );
+    assert_eq!(back.queue(), events.name());
+    assert_eq!(back.attempt(), 1);
+    assert_eq!(
+        header_string(back.headers(), ERROR_HEADER).as_deref(),
+        Some("the bucket was unreachable")
+    );
+    back.ack().await.expect("ack");
+    assert_eq!(
+        t.depth(&s.work_queue).await,
+        0,
+        "no event ever reached the work queue"
+    );
+    consumer.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_queue_that_exists_with_other_arguments_is_consumed_as_it_is() {
+    let t = TestTopology::declare(unique_settings()).await;
+    let s = &t.settings;
+    let events = EventsQueue::new(s);
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    redeclare(&t, events.name(), classic)
+        .await
+        .expect("an operator's classic events queue");
+    let route = queue::declare_s3_events_queue(&t.connection, s, events.name())
+        .await
+        .expect("the existing queue is accepted");
+    for retry in route.retry_queues() {
+        assert_eq!(t.depth(&retry.name).await, 0, "{} declared", retry.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_declares_the_topology_and_its_consumers_settle_on_the_work_queue() {
+    let settings = unique_settings();
+    // Deletes what the broker declares, pass or fail.
+    let _cleanup = TestTopology {
+        settings: settings.clone(),
+        connection: connect_or_fail(&settings).await,
+    };
+    let broker = Broker::connect(&settings).await.expect("broker");
+    let channel = broker.connection().create_channel().await.expect("channel");
+    assert_eq!(
+        queue_depth(&channel, &settings.work_queue).await.unwrap(),
+        0
+    );
+    broker
+        .publisher()
+        .publish(&settings.routing_key, b"{\"job\":1}", job_headers(0))
+        .await
+        .expect("publish");
+    let mut consumer = broker
+        .consumer(broker.work_route(), 4, "broker")
+        .await
+        .expect("consumer");
+    let job = next_within(&mut consumer, Duration::from_secs(10)).await;
+    assert_eq!(job.queue(), settings.work_queue);
+    job.hand_back().await.expect("hand_back");
+    let again = next_within(&mut consumer, Duration::from_secs(10)).await;
+    assert_eq!(again.body(), b"{\"job\":1}");
+    again.ack().await.expect("ack");
+    consumer.close().await.expect("close");
+    broker.close().await;
 }

@@ -22,7 +22,7 @@ use sluice_shared::config::{Settings, WorkerSizing};
 use sluice_shared::memory::DocumentBudget;
 use sluice_shared::metrics::InFlight;
 use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
-use sluice_shared::queue::{self, Consumer, Delivery, Publisher};
+use sluice_shared::queue::{self, Broker, Consumer, Delivery};
 use sluice_shared::store::{StoreError, VectorStore};
 use sluice_shared::wiring;
 use tokio::sync::Semaphore;
@@ -44,13 +44,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     // KEDA starts for a waiting job consume sooner (scale from zero).
     let (pipeline, broker) = tokio::join!(
         build_pipeline_when_reachable(&settings, &shutdown),
-        connect_broker(&fleet.queue)
+        Broker::connect(&fleet.queue)
     );
     let Some(pipeline) = pipeline? else {
         return Ok(());
     };
     let pipeline = Arc::new(pipeline);
-    let (connection, publisher) = broker?;
+    let broker = broker?;
 
     let ops_stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(fleet.http_listen)
@@ -60,7 +60,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let outages = Outages::new(pipeline.clone(), settings.collection.clone());
     let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
         Arc::new(OutageCheck(outages.clone())),
-        Arc::new(BrokerCheck(connection.clone())),
+        Arc::new(BrokerCheck(broker.connection().clone())),
         Arc::new(MetadataCheck(pipeline.metadata.clone())),
         Arc::new(StoreCheck(
             pipeline.store.clone(),
@@ -75,13 +75,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let tag = queue::consumer_tag("worker");
     // The prefetch a (re)started consumer uses follows the sizing.
-    let mut consumer_settings = fleet.queue.clone();
-    let mut consumer =
-        Consumer::start_with_publisher(&connection, &consumer_settings, &tag, publisher.clone())
-            .await?;
+    let mut prefetch = fleet.queue.prefetch;
+    let mut consumer = broker.consumer(broker.work_route(), prefetch, &tag).await?;
     let ctx = Arc::new(Context {
         pipeline,
-        publisher: publisher.clone(),
+        publisher: broker.publisher(),
         default_collection: settings.collection.clone(),
         default_tenant: settings.tenant.clone(),
         max_file_size: settings.max_file_size,
@@ -113,10 +111,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let outcome = loop {
         if resized.has_changed().unwrap_or(false) {
             let size = *resized.borrow_and_update();
-            consumer_settings.prefetch = u16::try_from(size).unwrap_or(u16::MAX);
+            prefetch = u16::try_from(size).unwrap_or(u16::MAX);
             // A broken channel shows in `next` below, which waits for lapin's recovery; until
             // then the old prefetch stands.
-            if let Err(e) = consumer.set_prefetch(consumer_settings.prefetch).await {
+            if let Err(e) = consumer.set_prefetch(prefetch).await {
                 tracing::warn!(error = %e, "could not resize the consumer's prefetch");
             }
         }
@@ -133,14 +131,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 _ = shutdown.cancelled() => break Ok(()),
                 () = outages.resumed() => {}
             }
-            consumer = match Consumer::start_with_publisher(
-                &connection,
-                &consumer_settings,
-                &tag,
-                publisher.clone(),
-            )
-            .await
-            {
+            consumer = match broker.consumer(broker.work_route(), prefetch, &tag).await {
                 Ok(consumer) => consumer,
                 Err(e) => break Err(anyhow::Error::new(e).context("restarting the consumer")),
             };
@@ -202,9 +193,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         while tasks.join_next().await.is_some() {}
     }
     let _ = consumer.close().await;
-    publisher.close().await;
     ops_stop.cancel();
     let _ = ops_task.await;
+    broker.close().await;
     tracing::info!("worker stopped");
     outcome
 }
@@ -231,26 +222,6 @@ async fn build_pipeline_when_reachable(
         }
         pause = (pause * 2).min(Duration::from_secs(15));
     }
-}
-
-/// The worker's broker connection, with the topology declared, and its publisher (a connection
-/// of its own, so that publishing confirms do not queue behind deliveries).
-async fn connect_broker(
-    queue_settings: &queue::QueueSettings,
-) -> anyhow::Result<(Arc<lapin::Connection>, Arc<Publisher>)> {
-    let consuming = async {
-        let connection = queue::connect(queue_settings).await?;
-        let setup = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        queue::declare_topology(&setup, queue_settings).await?;
-        anyhow::Ok(connection)
-    };
-    let (connection, publisher) = tokio::try_join!(consuming, async {
-        anyhow::Ok(Publisher::connect(queue_settings).await?)
-    })?;
-    Ok((Arc::new(connection), Arc::new(publisher)))
 }
 
 /// Collects finished job tasks; a task that panicked outside the job's own code is logged (its

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use sluice_shared::config::{Loader, Settings};
 use sluice_shared::job::{IndexJob, Job, JobSpec};
 use sluice_shared::metadata::{DocStatus, PostgresStore};
-use sluice_shared::queue::{self, Publisher, QueueSettings, job_headers};
+use sluice_shared::queue::{self, Broker, QueueSettings, job_headers};
 
 use super::figures::{Figures, cost_per_1k_by_fifth, percentile};
 use super::procs::{ServerCpu, Usage, vm_hwm_kib, wait_usage};
@@ -181,8 +181,7 @@ impl Progress {
 pub(crate) struct Rig {
     pub env: HashMap<String, String>,
     pub queue_settings: QueueSettings,
-    pub conn: lapin::Connection,
-    pub publisher: Publisher,
+    pub broker: Broker,
     pub metadata: PostgresStore,
     pub database_url: String,
     topology: Topology,
@@ -225,22 +224,19 @@ impl Rig {
             .context("the workers' settings")?;
         let queue_settings = settings.fleet.queue.clone();
         let topology = Topology(queue_settings.clone());
-        let conn = queue::connect(&queue_settings).await.with_context(|| {
+        let broker = Broker::connect(&queue_settings).await.with_context(|| {
             format!(
                 "RabbitMQ at {} is not reachable; start it with `rabbitmq-server -detached`",
                 queue_settings.redacted_url()
             )
         })?;
-        queue::declare_topology(&conn.create_channel().await?, &queue_settings).await?;
-        let publisher = Publisher::connect(&queue_settings).await?;
         let metadata = PostgresStore::connect(&database_url)
             .await
             .context("connecting to the bench database")?;
         Ok(Rig {
             env,
             queue_settings,
-            conn,
-            publisher,
+            broker,
             metadata,
             database_url,
             topology,
@@ -274,7 +270,8 @@ impl Rig {
             .enqueued_at
             .expect("Job::new stamps it")
             .timestamp_micros();
-        self.publisher
+        self.broker
+            .publisher()
             .publish(
                 &self.queue_settings.routing_key,
                 job.to_json().as_bytes(),
@@ -287,8 +284,7 @@ impl Rig {
 
     /// Closes the connections, deletes the topology, stops the stand-in, drops the database.
     pub async fn finish(self) -> anyhow::Result<()> {
-        self.publisher.close().await;
-        let _ = self.conn.close(200, "bench done".into()).await;
+        self.broker.close().await;
         drop(self.topology);
         self.standin
             .shutdown()
@@ -317,7 +313,7 @@ pub async fn run(options: &FleetOptions, corpus_dir: &Path) -> anyhow::Result<Fl
     }
 
     // Workers consume once they are up: wait for all of them, so start-up is not measured.
-    let checks = rig.conn.create_channel().await?;
+    let checks = rig.broker.connection().create_channel().await?;
     let ready_by = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, consumers) = queue::queue_counts(&checks, &queue_settings.work_queue).await?;

@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sluice_shared::config::{Loader, Settings};
 use sluice_shared::metadata::{DocStatus, MetadataStore, PostgresStore};
-use sluice_shared::queue::{self, Publisher, QueueSettings, job_headers};
+use sluice_shared::queue::{self, QueueSettings, job_headers};
 
 use crate::emulator::{EmulatorConfig, EmulatorHandle, FaultKind};
 use crate::faultproxy::FaultProxy;
@@ -313,15 +313,16 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         Settings::from_loader(&Loader::from_parts(direct, None)?).context("the rig's settings")?;
     let queue_settings = settings.fleet.queue.clone();
     let _topology = Topology(queue_settings.clone());
-    let conn = queue::connect(&queue_settings).await.with_context(|| {
-        format!(
-            "RabbitMQ at {} is not reachable; start it with `rabbitmq-server -detached`",
-            queue_settings.redacted_url()
-        )
-    })?;
-    let checks = conn.create_channel().await?;
-    queue::declare_topology(&checks, &queue_settings).await?;
-    let publisher = Publisher::connect(&queue_settings).await?;
+    let rabbit = queue::Broker::connect(&queue_settings)
+        .await
+        .with_context(|| {
+            format!(
+                "RabbitMQ at {} is not reachable; start it with `rabbitmq-server -detached`",
+                queue_settings.redacted_url()
+            )
+        })?;
+    let checks = rabbit.connection().create_channel().await?;
+    let publisher = rabbit.publisher();
     let metadata = PostgresStore::connect(&db.url).await?;
     let publish = |body: String| {
         let publisher = &publisher;
@@ -663,8 +664,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         provider_429: stats.rate_limited,
         findings,
     };
-    publisher.close().await;
-    let _ = conn.close(200, "chaos done".into()).await;
+    rabbit.close().await;
     let _ = emulator.shutdown().await;
     qdrant.shutdown().await?;
     Ok(report)

@@ -21,9 +21,8 @@
 //! 143 by SIGTERM, after finishing the current batch (cursor saved). A second signal exits at
 //! once, losing at most the current batch's cursor.
 
-mod progress;
-
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,14 +30,21 @@ use anyhow::{Context, bail};
 use sluice_shared::config::{Settings, validate_collection_name};
 use sluice_shared::metadata::reindex_cursor::{ReindexCursors, ReindexRun};
 use sluice_shared::metadata::{DocumentCursor, DocumentFilter, MetadataStore};
-use sluice_shared::queue::Publisher;
+use sluice_shared::queue::Broker;
 use sluice_shared::reindex::{
     Admission, QueueDepth, RunKey, admit, index_job, open_store, parse_since, publish_jobs, run_key,
 };
 use sluice_shared::shutdown::{Signal, Signals};
 use tokio_util::sync::CancellationToken;
 
-use progress::Progress;
+use crate::progress::{Counters, Progress, Units};
+
+/// Documents published, documents no valid index job can express.
+const DOCUMENTS: Units = Units {
+    item: "docs",
+    chunks: None,
+    failed: "skipped",
+};
 
 /// First pause between two looks at the queue depth while held back; it doubles up to
 /// [`MAX_POLL`], so a queue that drains quickly is noticed quickly and a slow one costs the
@@ -115,8 +121,8 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
     };
 
     let queue_settings = &settings.fleet.queue;
-    let depth = QueueDepth::open(queue_settings).await?;
-    let publisher = Publisher::connect(queue_settings).await?;
+    let broker = Broker::connect(queue_settings).await?;
+    let depth = QueueDepth::open(&broker).await?;
 
     let total = cursors
         .count_documents(&run.filter, run.after.as_ref())
@@ -128,19 +134,20 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
          holding back while more than {max_depth} job(s) wait",
         run.run_id, queue_settings.work_queue
     );
+    let counters = Arc::new(Counters::default());
     let mut reindex = Reindex {
         metadata,
         cursors,
-        publisher,
+        broker,
         depth,
         work_queue: queue_settings.work_queue.clone(),
         batch,
         max_depth,
         stop,
-        progress: Progress::start(total),
+        progress: Progress::start_with("reindex", DOCUMENTS, total, counters.clone()),
+        counters,
         published_before: run.published,
         published: 0,
-        skipped: 0,
         after: run.after.clone(),
         run,
     };
@@ -148,16 +155,17 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<ExitCo
     let ending = reindex.publish_all().await;
     let Reindex {
         progress,
-        publisher,
+        broker,
         run,
         published,
         published_before,
-        skipped,
+        counters,
         after,
         ..
     } = reindex;
+    let skipped = counters.failed.load(Ordering::Relaxed);
     progress.finish();
-    publisher.close().await;
+    broker.close().await;
     let elapsed = started.elapsed();
     let skipped_note = match skipped {
         0 => String::new(),
@@ -203,7 +211,7 @@ enum Ending {
 struct Reindex {
     metadata: Arc<dyn MetadataStore>,
     cursors: ReindexCursors,
-    publisher: Publisher,
+    broker: Broker,
     depth: QueueDepth,
     work_queue: String,
     batch: usize,
@@ -215,8 +223,9 @@ struct Reindex {
     published_before: u64,
     /// Jobs published by this process.
     published: u64,
-    /// Documents no valid index job can express.
-    skipped: u64,
+    /// Documents published by this process (`done`) and skipped (`failed`: no valid index job
+    /// can express them).
+    counters: Arc<Counters>,
     /// The last document confirmed and saved.
     after: Option<DocumentCursor>,
 }
@@ -243,7 +252,7 @@ impl Reindex {
                 match index_job(doc, self.run.force) {
                     Ok(job) => jobs.push(job),
                     Err(error) => {
-                        self.skipped += 1;
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             %error,
                             collection = doc.collection.as_str(),
@@ -254,7 +263,7 @@ impl Reindex {
                 }
             }
             // Not interruptible: once a batch starts, it is confirmed and saved as a whole.
-            publish_jobs(&self.publisher, &jobs)
+            publish_jobs(&self.broker.publisher(), &jobs)
                 .await
                 .context("publishing a batch of index jobs")?;
             self.published += jobs.len() as u64;
@@ -279,7 +288,10 @@ impl Reindex {
                 );
             }
             self.after = Some(cursor);
-            self.progress.advance(page.len() as u64);
+            self.counters
+                .done
+                .fetch_add(page.len() as u64, Ordering::Relaxed);
+            self.progress.update();
             if page.len() < self.batch {
                 return self.complete().await;
             }
@@ -317,10 +329,12 @@ impl Reindex {
                 .with_context(|| format!("reading the depth of queue {}", self.work_queue))?;
             match admit(depth, batch, self.max_depth) {
                 Admission::Publish => {
-                    self.progress.waiting(None);
+                    self.progress.set_status(None);
                     return Ok(None);
                 }
-                Admission::Wait { depth, limit } => self.progress.waiting(Some((depth, limit))),
+                Admission::Wait { depth, limit } => self
+                    .progress
+                    .set_status(Some(format!("waiting: queue depth {depth} > {limit}"))),
             }
             tokio::select! {
                 signal = self.stop.wait() => return Ok(Some(signal)),

@@ -9,9 +9,9 @@
 //! `SLUICE_SERVE_ROLE` (`all`, `api`, `watch`) picks a subset: `api` serves only the HTTP API (run
 //! many), `watch` only the watchers and the S3 consumer (run one); both keep the probes and /metrics.
 //!
-//! Every job goes out through one confirm-mode [`Publisher`]: a job counts as queued only once
-//! the broker confirmed it, and one that is not confirmed is reported to whoever sent it (a 503
-//! to the HTTP client, a rejected event back on its queue).
+//! Every job goes out through the [`Broker`]'s one confirm-mode publisher: a job counts as queued
+//! only once the broker confirmed it, and one that is not confirmed is reported to whoever sent it
+//! (a 503 to the HTTP client, a rejected event back on its queue).
 //!
 //! Shutdown (SIGTERM/SIGINT, or the caller's token): the HTTP server stops accepting and finishes
 //! the requests it has; the S3 consumer stops between events and returns what it prefetched; then
@@ -29,7 +29,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use sluice_shared::config::Settings;
 use sluice_shared::ops::{self, MetadataCheck, ReadinessCheck};
-use sluice_shared::queue::{self, Publisher};
+use sluice_shared::queue::Broker;
 use sluice_shared::wiring;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -60,18 +60,15 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     settings.scheduler.check_api_exposure()?;
     let prometheus = sluice_shared::metrics::install_prometheus().map_err(anyhow::Error::msg)?;
     let queue_settings = settings.fleet.queue.clone();
-    let connection = queue::connect(&queue_settings).await?;
-    let setup = connection
-        .create_channel()
-        .await
-        .context("opening a channel to declare the queue topology")?;
-    queue::declare_topology(&setup, &queue_settings).await?;
-    let _ = setup.close(200, "bye".into()).await;
-    let publisher = Arc::new(Publisher::connect(&queue_settings).await?);
+    let broker = Arc::new(Broker::connect(&queue_settings).await?);
+    let publisher = broker.publisher();
     let metadata = wiring::open_metadata(&settings)
         .await
         .context("opening the metadata store (SLUICE_DATABASE_URL)")?;
-    let probe = Arc::new(BrokerProbe::new(&queue_settings, connection));
+    let probe = Arc::new(BrokerProbe::new(
+        &queue_settings,
+        broker.connection().clone(),
+    ));
 
     let listen = settings.scheduler.api_listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -114,12 +111,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .clone()
         .filter(|_| role.runs_watchers());
     if let Some(events_queue) = events_queue {
-        let consumer = s3_events::consume(
-            queue_settings.clone(),
-            events_queue,
-            publisher.clone(),
-            stop.clone(),
-        );
+        let consumer = s3_events::consume(broker.clone(), events_queue, stop.clone());
         background.spawn(async move {
             consumer.await;
             Ok(())

@@ -19,9 +19,10 @@
 //! waits in memory.
 //!
 //! The queue is declared like the work queue (durable quorum, dead-lettering to the DLX,
-//! `x-delivery-limit`); one that already exists with other arguments is consumed as it is. It is
-//! not bound to anything: point the bucket's AMQP target at the default exchange with the queue
-//! name as routing key, or bind the queue to the exchange the target publishes to.
+//! `x-delivery-limit`) with retry queues of its own (`queue::declare_s3_events_queue`); one that
+//! already exists with other arguments is consumed as it is. It is not bound to anything: point
+//! the bucket's AMQP target at the default exchange with the queue name as routing key, or bind
+//! the queue to the exchange the target publishes to.
 //!
 //! Connection loss: lapin's auto-recovery restores the consumer; if recovery gives up, this loop
 //! reconnects from scratch with backoff until shutdown.
@@ -29,15 +30,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::FieldTable;
-use lapin::{Connection, ErrorKind};
+use lapin::Connection;
 use sluice_shared::job::parse_s3_event;
-use sluice_shared::queue::{
-    self, Consumer, Delivery, Publisher, QueueError, QueueSettings, job_headers,
-    work_queue_arguments,
-};
+use sluice_shared::queue::{self, Broker, Consumer, Delivery, Publisher, job_headers};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -52,20 +47,11 @@ const PUBLISH_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Consumes `events_queue` until `shutdown`, reconnecting as often as needed. Never returns an
 /// error: a broken broker is waited out, a broken event goes to the DLQ.
-pub async fn consume(
-    settings: QueueSettings,
-    events_queue: String,
-    publisher: Arc<Publisher>,
-    shutdown: CancellationToken,
-) {
-    let events = QueueSettings {
-        work_queue: events_queue.clone(),
-        ..settings.clone()
-    };
+pub async fn consume(broker: Arc<Broker>, events_queue: String, shutdown: CancellationToken) {
     let tag = queue::consumer_tag("serve-s3-events");
     let mut delay = MIN_RECONNECT_DELAY;
     while !shutdown.is_cancelled() {
-        match session(&events, &tag, &publisher, &shutdown).await {
+        match session(&broker, &events_queue, &tag, &shutdown).await {
             Ok(()) => delay = MIN_RECONNECT_DELAY,
             Err(e) => {
                 warn!(error = %format_args!("{e:#}"), queue = %events_queue, ?delay,
@@ -81,33 +67,36 @@ pub async fn consume(
     info!(queue = %events_queue, "S3 events consumer stopped");
 }
 
-/// One connection's worth of consuming. `Ok` when stopped by `shutdown`.
+/// One connection's worth of consuming (a connection of its own, so that one lost for good can
+/// be replaced without touching the rest of the process). `Ok` when stopped by `shutdown`.
 async fn session(
-    events: &QueueSettings,
+    broker: &Broker,
+    events_queue: &str,
     tag: &str,
-    publisher: &Arc<Publisher>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let connection = queue::connect(events).await?;
-    let result = consume_on(&connection, events, tag, publisher, shutdown).await;
+    let connection = queue::connect(broker.settings()).await?;
+    let result = consume_on(&connection, broker, events_queue, tag, shutdown).await;
     let _ = connection.close(200, "bye".into()).await;
     result
 }
 
 async fn consume_on(
     connection: &Connection,
-    events: &QueueSettings,
+    broker: &Broker,
+    events_queue: &str,
     tag: &str,
-    publisher: &Arc<Publisher>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    declare_events_queue(connection, events).await?;
-    // Deliveries use the publisher only to dead-letter. Never settle an event with `retry_later`
-    // or `hand_back`: they would route the *event* to the work queue.
+    let settings = broker.settings();
+    let route = queue::declare_s3_events_queue(connection, settings, events_queue).await?;
+    // Deliveries only dead-letter, reject, requeue or ack; were one handed back or retried, its
+    // route would return it to the events queue.
+    let publisher = broker.publisher();
     let mut consumer =
-        Consumer::start_with_publisher(connection, events, tag, publisher.clone()).await?;
-    info!(queue = %events.work_queue, "consuming S3 event notifications");
-    let routing_key = &events.routing_key;
+        Consumer::start_on(connection, route, settings.prefetch, tag, publisher.clone()).await?;
+    info!(queue = %events_queue, "consuming S3 event notifications");
+    let routing_key = &settings.routing_key;
     let outcome = loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -118,14 +107,13 @@ async fn consume_on(
                 tokio::select! {
                     // Dropped unsettled: the broker requeues it when the channel closes below.
                     _ = shutdown.cancelled() => break Ok(()),
-                    _ = handle(delivery, publisher, routing_key) => {}
+                    _ = handle(delivery, &publisher, routing_key) => {}
                 }
             }
             Some(Err(e)) => break Err(e.into()),
             None => {
                 break Err(anyhow::anyhow!(
-                    "the broker cancelled the consumer of {} (queue deleted?)",
-                    events.work_queue
+                    "the broker cancelled the consumer of {events_queue} (queue deleted?)"
                 ));
             }
         }
@@ -139,68 +127,6 @@ async fn consume_on(
     }
     let _ = consumer.close().await;
     outcome
-}
-
-/// Declares the events queue like the work queue; if it exists with other arguments, checks it
-/// exists and uses it as it is.
-async fn declare_events_queue(
-    connection: &Connection,
-    events: &QueueSettings,
-) -> Result<(), QueueError> {
-    let name = events.work_queue.as_str();
-    let declare_error = |what: String| move |source| QueueError::Declare { what, source };
-    let channel = open_channel(connection).await?;
-    let declared = channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            work_queue_arguments(events),
-        )
-        .await;
-    match declared {
-        Ok(_) => {
-            let _ = channel.close(200, "bye".into()).await;
-            Ok(())
-        }
-        Err(e) if is_precondition_failed(&e) => {
-            // The broker closed that channel; a passive declare needs a new one.
-            let channel = open_channel(connection).await?;
-            channel
-                .queue_declare(
-                    name.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(declare_error(format!("queue {name} (passive)")))?;
-            let _ = channel.close(200, "bye".into()).await;
-            warn!(queue = name, error = %e,
-                "the S3 events queue exists with other arguments; consuming it as it is");
-            Ok(())
-        }
-        Err(e) => Err(declare_error(format!("queue {name}"))(e)),
-    }
-}
-
-async fn open_channel(connection: &Connection) -> Result<lapin::Channel, QueueError> {
-    connection
-        .create_channel()
-        .await
-        .map_err(|source| QueueError::Channel {
-            what: "opening a channel for the S3 events queue",
-            source,
-        })
-}
-
-fn is_precondition_failed(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(amqp)
-        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 /// Turns one event into jobs and settles it (see the module docs).

@@ -7,6 +7,8 @@
 //! one; a dead connection is replaced on demand, with a single connection attempt, so a probe
 //! answers quickly instead of sitting in a reconnect backoff.
 
+use std::sync::Arc;
+
 use chrono::{Duration as ChronoDuration, Utc};
 use lapin::{Channel, Connection};
 use serde::Serialize;
@@ -29,7 +31,7 @@ pub struct BrokerProbe {
 }
 
 struct Link {
-    connection: Option<Connection>,
+    connection: Option<Arc<Connection>>,
     channel: Option<Channel>,
 }
 
@@ -48,7 +50,7 @@ pub struct QueueInfo {
 
 impl BrokerProbe {
     /// Wraps `connection` (already open, from start-up); later connections are made on demand.
-    pub fn new(settings: &QueueSettings, connection: Connection) -> Self {
+    pub fn new(settings: &QueueSettings, connection: Arc<Connection>) -> Self {
         BrokerProbe {
             settings: QueueSettings {
                 reconnect_attempts: 1,
@@ -116,16 +118,10 @@ impl BrokerProbe {
             status.connected() || status.reconnecting()
         });
         if !usable {
-            link.connection = Some(queue::connect(&self.settings).await?);
+            link.connection = Some(Arc::new(queue::connect(&self.settings).await?));
         }
         let connection = link.connection.as_ref().expect("set just above");
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| QueueError::Channel {
-                what: "opening a probe channel",
-                source,
-            })?;
+        let channel = queue::open_channel(connection, "opening a probe channel").await?;
         link.channel = Some(channel.clone());
         Ok(channel)
     }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_shared::config::{Settings, validate_collection_name};
 use sluice_shared::metadata::watch_state::open_watch_state;
-use sluice_shared::queue::{self, Publisher};
+use sluice_shared::queue::{Broker, Publisher};
 use tokio_util::sync::CancellationToken;
 
 use poll::{Location, PollReport, Watcher};
@@ -67,16 +67,8 @@ pub async fn run(settings: Settings, args: WatchArgs) -> anyhow::Result<ExitCode
     // Before touching the broker: a usage mistake should not declare queues first.
     check_watch_settings(&settings, &inputs)?;
     let queue_settings = &settings.fleet.queue;
-    let connection = queue::connect(queue_settings).await?;
-    queue::declare_topology(
-        &connection
-            .create_channel()
-            .await
-            .context("opening a channel")?,
-        queue_settings,
-    )
-    .await?;
-    let publisher = Arc::new(Publisher::connect(queue_settings).await?);
+    let broker = Broker::connect(queue_settings).await?;
+    let publisher = broker.publisher();
     let mut watch = Watch::open(
         &settings,
         &inputs,
@@ -121,7 +113,7 @@ pub async fn run(settings: Settings, args: WatchArgs) -> anyhow::Result<ExitCode
             .await;
         ExitCode::SUCCESS
     };
-    publisher.close().await;
+    broker.close().await;
     Ok(code)
 }
 

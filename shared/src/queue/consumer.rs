@@ -18,9 +18,10 @@ use tracing::{debug, warn};
 use super::headers::{
     self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
 };
-use super::{Publisher, QueueError, QueueSettings};
+use super::{Publisher, QueueError, QueueRoute, QueueSettings};
 
-/// A consumer on the work queue. Yields [`Delivery`] values through [`Consumer::next`].
+/// A consumer on one queue (the work queue, or the S3 events queue). Yields [`Delivery`] values
+/// through [`Consumer::next`], each carrying that queue's [`QueueRoute`].
 pub struct Consumer {
     channel: Channel,
     inner: lapin::Consumer,
@@ -28,43 +29,41 @@ pub struct Consumer {
     /// broker had already sent them.
     retiring: Vec<lapin::Consumer>,
     publisher: Arc<Publisher>,
-    queue: String,
+    route: Arc<QueueRoute>,
     base_tag: String,
     tag: String,
     generation: u32,
 }
 
 impl Consumer {
-    /// Starts consuming the work queue on a new channel of `connection`, with `prefetch`
-    /// unacked deliveries at most and manual acks. Retries and dead letters are published over
-    /// a [`Publisher`] with its own connection (see [`Publisher`] for why).
+    /// Starts consuming the work queue on a new channel of `connection`, with the settings'
+    /// `prefetch` and manual acks. Retries and dead letters are published over a [`Publisher`]
+    /// with its own connection (see [`Publisher`] for why). [`super::Broker::consumer`] shares
+    /// one publisher instead.
     pub async fn start(
         connection: &Connection,
         settings: &QueueSettings,
         tag: &str,
     ) -> Result<Self, QueueError> {
+        settings.validate()?;
         let publisher = Arc::new(Publisher::connect(settings).await?);
-        Self::start_with_publisher(connection, settings, tag, publisher).await
+        let route = QueueRoute::work(settings);
+        Self::start_on(connection, route, settings.prefetch, tag, publisher).await
     }
 
-    /// Like [`Self::start`], sharing an existing publisher (one per process is enough).
-    pub async fn start_with_publisher(
+    /// Starts consuming `route`'s queue on a new channel of `connection`, with `prefetch`
+    /// unacked deliveries at most and manual acks; settles publish through `publisher`.
+    pub async fn start_on(
         connection: &Connection,
-        settings: &QueueSettings,
+        route: QueueRoute,
+        prefetch: u16,
         tag: &str,
         publisher: Arc<Publisher>,
     ) -> Result<Self, QueueError> {
-        settings.validate()?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| QueueError::Channel {
-                what: "opening a consumer channel",
-                source,
-            })?;
+        let channel = super::open_channel(connection, "opening a consumer channel").await?;
         // Per-consumer prefetch (global=false): quorum queues refuse global QoS.
         channel
-            .basic_qos(settings.prefetch, BasicQosOptions { global: false })
+            .basic_qos(prefetch, BasicQosOptions { global: false })
             .await
             .map_err(|source| QueueError::Channel {
                 what: "setting prefetch",
@@ -72,7 +71,7 @@ impl Consumer {
             })?;
         let inner = channel
             .basic_consume(
-                settings.work_queue.as_str().into(),
+                route.queue().into(),
                 tag.into(),
                 // no_ack=false: every delivery waits for an explicit settle.
                 BasicConsumeOptions::default(),
@@ -88,7 +87,7 @@ impl Consumer {
             inner,
             retiring: Vec::new(),
             publisher,
-            queue: settings.work_queue.clone(),
+            route: Arc::new(route),
             base_tag: tag.to_string(),
             tag: tag.to_string(),
             generation: 0,
@@ -111,7 +110,7 @@ impl Consumer {
         let inner = self
             .channel
             .basic_consume(
-                self.queue.as_str().into(),
+                self.route.queue().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -148,12 +147,7 @@ impl Consumer {
     pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
         while let Some(old) = self.retiring.first_mut() {
             match old.next().await {
-                Some(Ok(inner)) => {
-                    return Some(Ok(Delivery {
-                        inner,
-                        publisher: self.publisher.clone(),
-                    }));
-                }
+                Some(Ok(inner)) => return Some(Ok(self.delivery(inner))),
                 // Its channel is this consumer's: a failure shows on the current one too.
                 Some(Err(_)) | None => {
                     self.retiring.remove(0);
@@ -162,12 +156,7 @@ impl Consumer {
         }
         loop {
             match self.inner.next().await? {
-                Ok(inner) => {
-                    return Some(Ok(Delivery {
-                        inner,
-                        publisher: self.publisher.clone(),
-                    }));
-                }
+                Ok(inner) => return Some(Ok(self.delivery(inner))),
                 Err(error) => {
                     warn!(error = %super::error::redacted(&error), tag = %self.tag, "consumer channel failed, waiting for recovery");
                     if let Err(source) = self.channel.wait_for_recovery(error).await {
@@ -204,21 +193,28 @@ impl Consumer {
             })
     }
 
-    /// The publisher deliveries use for retries and dead letters.
-    pub fn publisher(&self) -> &Arc<Publisher> {
-        &self.publisher
+    fn delivery(&self, inner: lapin::message::Delivery) -> Delivery {
+        Delivery {
+            inner,
+            publisher: self.publisher.clone(),
+            route: self.route.clone(),
+        }
     }
 }
 
-/// One job delivery. Settle it exactly once; each settle consumes it.
+/// One delivery (a job, or an S3 event). Settle it exactly once; each settle consumes it. Every
+/// settle that moves the message keeps it on the queue it came from (see [`QueueRoute`]), apart
+/// from [`Delivery::dead_letter`], which sends it to the DLQ.
 pub struct Delivery {
     inner: lapin::message::Delivery,
     publisher: Arc<Publisher>,
+    route: Arc<QueueRoute>,
 }
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
+            .field("queue", &self.route.queue())
             .field("delivery_tag", &self.inner.delivery_tag)
             .field("redelivered", &self.inner.redelivered)
             .field("attempt", &self.attempt())
@@ -237,6 +233,11 @@ fn settled(result: lapin::Result<bool>) -> Result<(), QueueError> {
 }
 
 impl Delivery {
+    /// The queue this message was delivered from.
+    pub fn queue(&self) -> &str {
+        self.route.queue()
+    }
+
     /// The message body (JSON for jobs).
     pub fn body(&self) -> &[u8] {
         &self.inner.data
@@ -283,24 +284,25 @@ impl Delivery {
         settled(self.inner.ack(BasicAckOptions::default()).await)
     }
 
-    /// Sends the job to the delayed-retry queue for `attempt` (the attempt number the retried
-    /// message will carry, usually `self.attempt() + 1`; it selects the delay, see
-    /// [`QueueSettings::retry_delay_index`]), with `reason` in `x-sluice-error`. Publishes with a
-    /// confirm, then acks the original. If the publish cannot be confirmed the original is
-    /// rejected with requeue instead (so it is retried at once and counts toward the delivery
-    /// limit) and the publish error is returned.
+    /// Sends the message to its queue's delayed-retry queue for `attempt` (the attempt number the
+    /// retried message will carry, usually `self.attempt() + 1`; it selects the delay, see
+    /// [`QueueSettings::retry_delay_index`]), with `reason` in `x-sluice-error`; the delay over, it
+    /// returns to the queue it came from. Publishes with a confirm, then acks the original. If
+    /// the publish cannot be confirmed the original is rejected with requeue instead (so it is
+    /// retried at once and counts toward the delivery limit) and the publish error is returned.
     pub async fn retry_later(self, attempt: u32, reason: &str) -> Result<(), QueueError> {
         let mut headers = self.copied_headers();
         headers::set_attempt(&mut headers, attempt);
         headers::set_string(&mut headers, ERROR_HEADER, reason);
-        let index = self.publisher.settings().retry_delay_index(attempt);
+        let retry = &self.route.retry_queue(attempt).name;
+        // The default exchange routes by queue name; retry queues are not bound anywhere else.
         match self
             .publisher
-            .publish_to_retry(index, &self.inner.data, headers)
+            .publish_retrying("", retry, &self.inner.data, headers)
             .await
         {
             Ok(()) => {
-                debug!(attempt, delay_index = index, "job sent to retry queue");
+                debug!(attempt, retry_queue = %retry, "message sent to its retry queue");
                 self.ack().await
             }
             Err(error) => {
@@ -346,18 +348,23 @@ impl Delivery {
         }
     }
 
-    /// Hands the job back for another worker without it counting as a failed delivery on any
-    /// broker version: republishes a copy (same body, headers and attempt) to the work queue with
-    /// a confirm, then acks this delivery. The fresh copy starts with a delivery count of 0, so a
+    /// Hands the message back for another consumer without it counting as a failed delivery on
+    /// any broker version: republishes a copy (same body, headers and attempt) to the queue it
+    /// came from with a confirm, then acks this delivery. The fresh copy starts with a delivery count of 0, so a
     /// worker scaled down while holding a job never pushes it toward `x-delivery-limit`. If the
     /// copy cannot be confirmed, falls back to [`Self::requeue`] and returns the publish error.
     pub async fn hand_back(self) -> Result<(), QueueError> {
         let mut headers = self.copied_headers();
         headers::set_attempt(&mut headers, self.attempt());
-        let routing_key = self.publisher.settings().routing_key.clone();
+        let route = &self.route;
         match self
             .publisher
-            .publish_with_retry(&routing_key, &self.inner.data, headers)
+            .publish_retrying(
+                route.exchange(),
+                route.routing_key(),
+                &self.inner.data,
+                headers,
+            )
             .await
         {
             Ok(()) => self.ack().await,

@@ -11,12 +11,16 @@
 //!                                                              └── retry queue dead-letters back to exchange/"job"
 //! ```
 //!
-//! - [`declare_topology`] declares everything idempotently; both binaries call it at start-up.
+//! - [`Broker::connect`] is how a process starts: it connects, declares the topology
+//!   ([`declare_topology`], idempotent) and hands out the [`Publisher`] and [`Consumer`]s.
 //! - [`Publisher`] publishes persistent messages on a confirm-mode channel and returns only once
 //!   the broker has confirmed them ([`Publisher::publish_with_retry`] retries and reconnects).
 //! - [`Consumer`] yields [`Delivery`] values with manual acks and a bounded prefetch; a delivery is
 //!   settled exactly once, by [`Delivery::ack`], [`Delivery::retry_later`],
-//!   [`Delivery::dead_letter`] or [`Delivery::requeue`].
+//!   [`Delivery::hand_back`], [`Delivery::dead_letter`] or [`Delivery::requeue`]. Each delivery
+//!   carries the [`QueueRoute`] of the queue it came from, so a retry or a hand-back returns it
+//!   to that queue: the work queue's jobs through the retry queues below, the S3 events queue's
+//!   events through its own (`<events queue>.retry.<delay>`, see [`declare_s3_events_queue`]).
 //!
 //! Binding scheme (all names come from [`QueueSettings`]):
 //! - work exchange (durable, `direct`) → work queue, binding key [`QueueSettings::routing_key`]
@@ -31,10 +35,12 @@
 // round trips, so moving a larger Result costs nothing measurable next to them.
 #![allow(clippy::result_large_err)]
 
+mod broker;
 mod consumer;
 mod error;
 mod headers;
 mod publisher;
+mod route;
 mod topology;
 
 use std::time::Duration;
@@ -46,6 +52,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::secret::{Secret, redact_url};
 
+pub use broker::Broker;
 pub use consumer::{Consumer, Delivery};
 pub use error::QueueError;
 pub use headers::{
@@ -54,8 +61,10 @@ pub use headers::{
 };
 pub use lapin::types::FieldTable as Headers;
 pub use publisher::Publisher;
+pub use route::{QueueRoute, RetryQueue};
 pub use topology::{
-    dead_letter_queue_arguments, declare_topology, retry_queue_arguments, work_queue_arguments,
+    dead_letter_queue_arguments, declare_s3_events_queue, declare_topology, retry_queue_arguments,
+    route_retry_arguments, work_queue_arguments,
 };
 
 /// The default broker URL: the local RabbitMQ with the guest account, default vhost.
@@ -183,12 +192,7 @@ impl QueueSettings {
 
     /// Name of the retry queue for `delay`: `<prefix>.5s`, or `<prefix>.1500ms` for fractions.
     pub fn retry_queue_name(&self, delay: Duration) -> String {
-        let ms = delay.as_millis();
-        if ms.is_multiple_of(1000) {
-            format!("{}.{}s", self.retry_queue_prefix, ms / 1000)
-        } else {
-            format!("{}.{}ms", self.retry_queue_prefix, ms)
-        }
+        route::retry_queue_name(&self.retry_queue_prefix, delay)
     }
 
     /// Names of all retry queues, in the order of [`Self::retry_delays`].
@@ -202,8 +206,7 @@ impl QueueSettings {
     /// Index into [`Self::retry_delays`] for a message's `attempt` (1-based: the first retry is
     /// attempt 1). Attempts past the last delay keep using the last (longest) one.
     pub fn retry_delay_index(&self, attempt: u32) -> usize {
-        let wanted = attempt.saturating_sub(1) as usize;
-        wanted.min(self.retry_delays.len().saturating_sub(1))
+        route::retry_delay_index(self.retry_delays.len(), attempt)
     }
 
     /// The broker URL with its password masked, for logs and errors.
@@ -234,6 +237,17 @@ pub async fn connect(settings: &QueueSettings) -> Result<Connection, QueueError>
             url: settings.redacted_url(),
             source,
         })
+}
+
+/// A new channel on `connection`; `what` says what it is for, should opening it fail.
+pub async fn open_channel(
+    connection: &Connection,
+    what: &'static str,
+) -> Result<Channel, QueueError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|source| QueueError::Channel { what, source })
 }
 
 /// Ready messages in `queue` (not counting unacked deliveries), by a passive declare. Note that

@@ -44,13 +44,7 @@ pub struct Publisher {
 }
 
 async fn open_confirm_channel(connection: &Connection) -> Result<Channel, QueueError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|source| QueueError::Channel {
-            what: "opening a publishing channel",
-            source,
-        })?;
+    let channel = super::open_channel(connection, "opening a publishing channel").await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -146,7 +140,8 @@ impl Publisher {
         let _ = link.connection.close(200, "bye".into()).await;
     }
 
-    async fn publish_retrying(
+    /// Publishes to `exchange` with `routing_key`, retried like [`Self::publish_with_retry`].
+    pub(super) async fn publish_retrying(
         &self,
         exchange: &str,
         routing_key: &str,

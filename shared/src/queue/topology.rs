@@ -3,11 +3,12 @@
 //! PRECONDITION_FAILED, which surfaces a misconfigured fleet at start-up instead of at runtime.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
-use tracing::info;
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
+use tracing::{info, warn};
 
-use super::{QueueError, QueueSettings};
+use super::{QueueError, QueueRoute, QueueSettings};
 
 fn put_str(args: &mut FieldTable, key: &str, value: &str) {
     args.insert(
@@ -55,12 +56,18 @@ pub fn work_queue_arguments(settings: &QueueSettings) -> FieldTable {
     args
 }
 
-/// Arguments of the retry queue for `delay`: a fixed `x-message-ttl` whose expiry dead-letters
-/// the message back to the work exchange with the work routing key. One queue per delay because
-/// quorum queues only expire messages at the head: a 5 s message behind a 300 s one would wait
-/// 300 s. Nobody consumes these queues, so no delivery limit is needed.
+/// Arguments of the work queue's retry queue for `delay` (see [`route_retry_arguments`]).
 pub fn retry_queue_arguments(settings: &QueueSettings, delay: std::time::Duration) -> FieldTable {
-    let mut args = quorum_with_dead_lettering(&settings.exchange, &settings.routing_key);
+    route_retry_arguments(&QueueRoute::work(settings), delay)
+}
+
+/// Arguments of a retry queue of `route` for `delay`: a fixed `x-message-ttl` whose expiry
+/// dead-letters the message back onto the route's own queue (through the exchange and routing
+/// key that reach it). One queue per delay because quorum queues only expire messages at the
+/// head: a 5 s message behind a 300 s one would wait 300 s. Nobody consumes these queues, so no
+/// delivery limit is needed.
+pub fn route_retry_arguments(route: &QueueRoute, delay: std::time::Duration) -> FieldTable {
+    let mut args = quorum_with_dead_lettering(route.exchange(), route.routing_key());
     put_int(&mut args, "x-message-ttl", millis(delay));
     args
 }
@@ -167,10 +174,7 @@ pub async fn declare_topology(
     )
     .await?;
 
-    for delay in &settings.retry_delays {
-        let name = settings.retry_queue_name(*delay);
-        queue(channel, &name, retry_queue_arguments(settings, *delay)).await?;
-    }
+    declare_retry_queues(channel, &QueueRoute::work(settings)).await?;
     info!(
         exchange = %settings.exchange,
         work_queue = %settings.work_queue,
@@ -179,6 +183,52 @@ pub async fn declare_topology(
         "queue topology declared"
     );
     Ok(())
+}
+
+async fn declare_retry_queues(channel: &Channel, route: &QueueRoute) -> Result<(), QueueError> {
+    for retry in route.retry_queues() {
+        queue(
+            channel,
+            &retry.name,
+            route_retry_arguments(route, retry.delay),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+const DECLARING: &str = "opening a channel to declare queues";
+
+/// Declares the S3 event notification queue `name` like the work queue (durable quorum,
+/// dead-lettering to the DLX, `x-delivery-limit`) and its own retry queues, and returns its route.
+/// An events queue that already exists with other arguments (an operator's, or one from the
+/// broker's definitions) is checked to exist and consumed as it is. The DLX comes from
+/// [`declare_topology`], which must have run first.
+pub async fn declare_s3_events_queue(
+    connection: &Connection,
+    settings: &QueueSettings,
+    name: &str,
+) -> Result<QueueRoute, QueueError> {
+    let route = QueueRoute::s3_events(settings, name);
+    let mut channel = super::open_channel(connection, DECLARING).await?;
+    if let Err(error) = queue(&channel, name, work_queue_arguments(settings)).await {
+        if !matches!(&error, QueueError::Declare { source, .. } if is_precondition_failed(source)) {
+            return Err(error);
+        }
+        // The broker closed that channel; the passive declare and the rest need a new one.
+        channel = super::open_channel(connection, DECLARING).await?;
+        super::queue_counts(&channel, name).await?;
+        warn!(queue = name, %error,
+            "the S3 events queue exists with other arguments; consuming it as it is");
+    }
+    declare_retry_queues(&channel, &route).await?;
+    let _ = channel.close(200, "bye".into()).await;
+    Ok(route)
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 #[cfg(test)]
