@@ -214,6 +214,8 @@ fn build_provider(
     })
 }
 
+/// One dense provider's client from the embed settings they share. `api_key_header` is passed
+/// for OpenAI-compatible servers only (Azure's `api-key`); Voyage always takes a bearer token.
 fn build_dense<P: Provider>(
     config: &EmbedConfig,
     fleet: Option<Arc<FleetBudget>>,
