@@ -11,7 +11,8 @@ use serde_json::json;
 use sluice_loadtests::emulator::emulated_vector;
 use sluice_shared::embed::openai::EncodingFormat;
 use sluice_shared::embed::{
-    EmbedError, Embedder, InputKind, OpenAiEmbedder, OpenAiSettings, VoyageEmbedder, VoyageSettings,
+    EmbedError, Embedder, InputKind, OpenAiEmbedder, OpenAiOptions, OpenAiSettings, VoyageEmbedder,
+    VoyageOptions, VoyageSettings,
 };
 use sluice_shared::secret::Secret;
 
@@ -60,7 +61,9 @@ fn assert_close(actual: &[f32], expected: &[f32]) {
 async fn voyage_vectors_come_back_in_input_order_with_the_requested_dimension() {
     let emulator = start_emulator(&["--api", "voyage", "--api-key", KEY]).await;
     let embedder = VoyageEmbedder::new(VoyageSettings {
-        output_dimension: Some(256),
+        options: VoyageOptions {
+            output_dimension: Some(256),
+        },
         ..voyage(&emulator)
     })
     .unwrap();
@@ -83,14 +86,18 @@ async fn openai_float_and_base64_encodings_give_the_same_vectors() {
     let emulator = start_emulator(&["--api", "openai", "--api-key", KEY]).await;
     let inputs = texts(5);
     let float = OpenAiEmbedder::new(OpenAiSettings {
-        dimensions: Some(64),
-        encoding_format: EncodingFormat::Float,
+        options: OpenAiOptions {
+            dimensions: Some(64),
+            encoding_format: EncodingFormat::Float,
+        },
         ..openai(&emulator)
     })
     .unwrap();
     let base64 = OpenAiEmbedder::new(OpenAiSettings {
-        dimensions: Some(64),
-        encoding_format: EncodingFormat::Base64,
+        options: OpenAiOptions {
+            dimensions: Some(64),
+            encoding_format: EncodingFormat::Base64,
+        },
         ..openai(&emulator)
     })
     .unwrap();

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use crate::chunk::{ChunkError, Chunker};
 use crate::config::{BudgetScope, EmbedConfig, ProviderKind, Settings};
 use crate::embed::limiter::{EmbedLimiter, FleetBudget, FleetBudgetSettings, LimiterSettings};
+use crate::embed::openai::OpenAi;
+use crate::embed::voyage::Voyage;
 use crate::embed::{
-    BatchLimits, Bm25Encoder, Bm25Settings, EmbedError, Embedder, OpenAiEmbedder, OpenAiSettings,
-    PackingEmbedder, PackingSettings, VoyageEmbedder, VoyageSettings,
+    BatchLimits, Bm25Encoder, Bm25Settings, DenseClient, DenseSettings, EmbedError, Embedder,
+    OpenAiOptions, PackingEmbedder, PackingSettings, Provider, VoyageOptions,
 };
 use crate::extract::ExtractSettings;
 use crate::metadata::postgres::PostgresStore;
@@ -192,45 +194,52 @@ fn build_provider(
 ) -> Result<Option<ProviderWithLimits>, WiringError> {
     Ok(match config.provider {
         ProviderKind::Bm25 => None,
-        ProviderKind::Voyage => {
-            let mut s = VoyageSettings {
-                api_key: config.api_key.clone(),
-                model: config.model.clone(),
+        ProviderKind::Voyage => Some(build_dense::<Voyage>(
+            config,
+            fleet,
+            None,
+            VoyageOptions {
                 output_dimension: config.dimensions,
-                request_timeout: config.request_timeout,
-                max_retries: config.max_retries,
-                // The limiter decides how many are sent; one call may fan out up to its ceiling.
-                max_concurrent_requests: config.max_concurrency,
-                limiter: Some(build_limiter(crate::embed::voyage::PROVIDER, config, fleet)),
-                ..VoyageSettings::default()
-            };
-            if let Some(url) = &config.base_url {
-                s.base_url = url.clone();
-            }
-            let voyage = VoyageEmbedder::new(s)?;
-            let limits = voyage.batch_limits();
-            Some((Arc::new(voyage), limits))
-        }
-        ProviderKind::OpenAi => {
-            let mut s = OpenAiSettings {
-                api_key: config.api_key.clone(),
-                api_key_header: config.api_key_header.clone(),
-                model: config.model.clone(),
+            },
+        )?),
+        ProviderKind::OpenAi => Some(build_dense::<OpenAi>(
+            config,
+            fleet,
+            config.api_key_header.clone(),
+            OpenAiOptions {
                 dimensions: config.dimensions,
-                request_timeout: config.request_timeout,
-                max_retries: config.max_retries,
-                max_concurrent_requests: config.max_concurrency,
-                limiter: Some(build_limiter(crate::embed::openai::PROVIDER, config, fleet)),
-                ..OpenAiSettings::default()
-            };
-            if let Some(url) = &config.base_url {
-                s.base_url = url.clone();
-            }
-            let openai = OpenAiEmbedder::new(s)?;
-            let limits = openai.batch_limits();
-            Some((Arc::new(openai), limits))
-        }
+                ..OpenAiOptions::default()
+            },
+        )?),
     })
+}
+
+/// One dense provider's client from the embed settings they share. `api_key_header` is passed
+/// for OpenAI-compatible servers only (Azure's `api-key`); Voyage always takes a bearer token.
+fn build_dense<P: Provider>(
+    config: &EmbedConfig,
+    fleet: Option<Arc<FleetBudget>>,
+    api_key_header: Option<String>,
+    options: P::Options,
+) -> Result<ProviderWithLimits, WiringError> {
+    let mut s = DenseSettings::<P> {
+        api_key: config.api_key.clone(),
+        api_key_header,
+        model: config.model.clone(),
+        options,
+        request_timeout: config.request_timeout,
+        max_retries: config.max_retries,
+        // The limiter decides how many are sent; one call may fan out up to its ceiling.
+        max_concurrent_requests: config.max_concurrency,
+        limiter: Some(build_limiter(P::NAME, config, fleet)),
+        ..DenseSettings::default()
+    };
+    if let Some(url) = &config.base_url {
+        s.base_url = url.clone();
+    }
+    let client = DenseClient::new(s)?;
+    let limits = client.batch_limits();
+    Ok((Arc::new(client), limits))
 }
 
 pub fn extract_settings(settings: &Settings) -> ExtractSettings {

@@ -1,20 +1,22 @@
-//! The HTTP half of the dense embedders: sends one JSON request with retries, records metrics,
-//! and turns provider answers into [`AttemptError`]s. Voyage and OpenAI-compatible providers differ
-//! only in their request/response bodies, which live in `voyage.rs` and `openai.rs`.
+//! The HTTP half of the dense embedders: sends one JSON request to the embeddings endpoint with
+//! retries, reads the answer into the envelope both providers share, and accounts for every
+//! attempt once — its [`AttemptOutcome`] drives the retry, labels the metrics and tells the
+//! limiter. What differs between providers (request bodies, vector encodings, limits) lives in
+//! `voyage.rs` and `openai.rs`, and `client.rs` ties the two halves together.
 
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::batch::{Batch, BatchLimits, plan_batches};
+use super::EmbedError;
+use super::client::EmbeddingsResponse;
 use super::limiter::{EmbedLimiter, RateHeaders, RequestOutcome};
-use super::retry::{AttemptError, RetryPolicy, parse_retry_after, with_retries};
-use super::{DenseEmbeddings, EmbedError};
+use super::retry::{
+    AttemptError, AttemptOutcome, Failed, RetryPolicy, parse_retry_after, with_retries,
+};
 use crate::secret::{Secret, redact_url};
 
 /// How many bytes of an error body are read for the message; error bodies are small, a proxy's
@@ -32,16 +34,8 @@ pub(crate) struct HttpSender {
     limiter: Option<Arc<EmbedLimiter>>,
 }
 
-/// What an answer said that the limiter learns from, besides its status.
-#[derive(Default)]
-struct Feedback {
-    headers: Option<RateHeaders>,
-    billed_tokens: Option<u64>,
-}
-
-/// Settings shared by every HTTP provider.
+/// How to reach a provider: what every HTTP provider's settings say, whatever its wire format.
 pub(crate) struct SenderSettings<'a> {
-    pub provider: &'static str,
     pub base_url: &'a str,
     pub api_key: Option<&'a Secret>,
     /// `None`: `Authorization: Bearer <key>`; `Some(name)`: `<name>: <key>` (Azure's `api-key`).
@@ -53,8 +47,10 @@ pub(crate) struct SenderSettings<'a> {
 }
 
 impl HttpSender {
-    pub(crate) fn new(settings: SenderSettings<'_>) -> Result<Self, EmbedError> {
-        let provider = settings.provider;
+    pub(crate) fn new(
+        provider: &'static str,
+        settings: SenderSettings<'_>,
+    ) -> Result<Self, EmbedError> {
         let invalid = |message: String| EmbedError::InvalidSettings { provider, message };
         let url = embeddings_url(settings.base_url).map_err(invalid)?;
         let auth = match settings.api_key {
@@ -101,19 +97,18 @@ impl HttpSender {
         })
     }
 
-    /// POSTs `body` (retrying per the policy) and decodes a 2xx answer as `R`.
-    pub(crate) async fn post_json<B: Serialize, R: DeserializeOwned>(
+    /// POSTs the JSON `body` (retrying per the policy) and decodes a 2xx answer.
+    pub(crate) async fn post<E: DeserializeOwned>(
         &self,
-        body: &B,
-    ) -> Result<R, EmbedError> {
-        let body = serde_json::to_vec(body).map_err(|e| EmbedError::Protocol {
-            provider: self.provider,
-            message: format!("cannot encode request: {e}"),
-        })?;
-        with_retries(self.provider, &self.policy, || self.attempt(&body)).await
+        body: &[u8],
+    ) -> Result<EmbeddingsResponse<E>, EmbedError> {
+        with_retries(self.provider, &self.policy, || self.attempt(body)).await
     }
 
-    async fn attempt<R: DeserializeOwned>(&self, body: &[u8]) -> Result<R, AttemptError> {
+    async fn attempt<E: DeserializeOwned>(
+        &self,
+        body: &[u8],
+    ) -> Result<EmbeddingsResponse<E>, Failed> {
         // Every attempt is a request the provider counts, so each one asks the limiter. The
         // estimate is taken over the whole JSON body (the bytes/3 rule of `estimate_tokens`):
         // the few bytes of framing only make it more conservative, and it is settled against the
@@ -126,51 +121,36 @@ impl HttpSender {
             None => None,
         };
         let started = Instant::now();
-        let mut feedback = Feedback::default();
-        let result = self.attempt_inner(body, &mut feedback).await;
-        if let Some(permit) = permit {
-            permit.finish(match &result {
-                Ok(_) => RequestOutcome::Success {
-                    headers: feedback.headers,
-                    billed_tokens: feedback.billed_tokens,
-                },
-                Err(AttemptError::Status {
-                    status: 429,
-                    retry_after,
-                    ..
-                }) => RequestOutcome::RateLimited {
-                    retry_after: *retry_after,
-                    headers: feedback.headers,
-                },
-                Err(_) => RequestOutcome::Failed,
-            });
-        }
+        let mut headers = None;
+        // The attempt's one classification: everything below reads it.
+        let result = self
+            .exchange(body, &mut headers)
+            .await
+            .map_err(Failed::from);
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(AttemptError::Status { status: 429, .. }) => "rate_limited",
-            Err(AttemptError::Status {
-                status: 500..=599, ..
-            }) => "server_error",
-            Err(AttemptError::Status { .. }) => "rejected",
-            Err(AttemptError::Timeout) => "timeout",
-            Err(AttemptError::Transport(_)) => "transport",
-            Err(AttemptError::Protocol(_)) => "protocol",
+            Ok(_) => AttemptOutcome::Ok,
+            Err(failed) => failed.outcome(),
         };
+        if let Some(permit) = permit {
+            permit.finish(limiter_outcome(&result, headers));
+        }
         let provider = self.provider;
-        crate::metrics::embed_requests_total(provider, outcome).increment(1);
+        crate::metrics::embed_requests_total(provider, outcome.label()).increment(1);
         crate::metrics::embed_request_duration_seconds(provider)
             .record(started.elapsed().as_secs_f64());
-        if outcome == "rate_limited" {
+        if outcome == AttemptOutcome::RateLimited {
             crate::metrics::embed_rate_limited_total(provider).increment(1);
         }
         result
     }
 
-    async fn attempt_inner<R: DeserializeOwned>(
+    /// One request and its answer. The rate-limit headers are kept (in `headers`) whatever the
+    /// status, when there is a limiter to learn from them.
+    async fn exchange<E: DeserializeOwned>(
         &self,
         body: &[u8],
-        feedback: &mut Feedback,
-    ) -> Result<R, AttemptError> {
+        headers: &mut Option<RateHeaders>,
+    ) -> Result<EmbeddingsResponse<E>, AttemptError> {
         let mut request = self
             .client
             .post(self.url.clone())
@@ -185,16 +165,13 @@ impl HttpSender {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         if self.limiter.is_some() {
-            feedback.headers = RateHeaders::from_headers(response.headers());
+            *headers = RateHeaders::from_headers(response.headers());
         }
         if status.is_success() {
             let bytes = response
                 .bytes()
                 .await
                 .map_err(|e| self.transport_error(e))?;
-            if self.limiter.is_some() {
-                feedback.billed_tokens = billed_tokens(&bytes);
-            }
             return serde_json::from_slice(&bytes).map_err(|e| {
                 AttemptError::Protocol(format!(
                     "HTTP {} body does not match the embeddings response format: {e}",
@@ -255,25 +232,36 @@ impl HttpSender {
     }
 }
 
-/// The `usage.total_tokens` of a success body, read from its tail: both Voyage and OpenAI put
-/// `usage` after `data`, and scanning the last bytes is cheaper than decoding megabytes of
-/// vectors a second time. `None` when it is not there (then the estimate stands).
-pub(crate) fn billed_tokens(body: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"total_tokens\"";
-    let tail = &body[body.len().saturating_sub(512)..];
-    let at = tail.windows(KEY.len()).rposition(|w| w == KEY)?;
-    let rest = &tail[at + KEY.len()..];
-    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-    let rest = rest.strip_prefix(b":")?;
-    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    let digits = rest[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&rest[start..start + digits])
-        .ok()?
-        .parse()
-        .ok()
+/// What the limiter learns from an attempt: the provider's headers and billed usage after a
+/// success, its `Retry-After` after a 429, nothing after any other failure.
+fn limiter_outcome<E>(
+    result: &Result<EmbeddingsResponse<E>, Failed>,
+    headers: Option<RateHeaders>,
+) -> RequestOutcome {
+    let failed = match result {
+        Ok(response) => {
+            return RequestOutcome::Success {
+                headers,
+                billed_tokens: response.billed_tokens(),
+            };
+        }
+        Err(failed) => failed,
+    };
+    match failed.outcome() {
+        AttemptOutcome::RateLimited => RequestOutcome::RateLimited {
+            retry_after: failed.error().retry_after(),
+            headers,
+        },
+        AttemptOutcome::Ok
+        | AttemptOutcome::ServerError
+        | AttemptOutcome::ServerUnsupported
+        | AttemptOutcome::RequestTimeout
+        | AttemptOutcome::Rejected
+        | AttemptOutcome::UnexpectedStatus
+        | AttemptOutcome::Timeout
+        | AttemptOutcome::Transport
+        | AttemptOutcome::Protocol => RequestOutcome::Failed,
+    }
 }
 
 /// `<base>/v1/embeddings`, or `<base>/embeddings` when the base already ends in `/v1` (the usual
@@ -317,107 +305,6 @@ pub(crate) fn provider_message(body: &[u8]) -> Option<String> {
         .find_map(|field| value.get(field).map(text))
 }
 
-/// Runs the planned requests, at most `concurrency` at a time, and returns their results in plan
-/// order. The first failure cancels the requests still in flight.
-pub(crate) async fn run_batches<T, F, Fut>(
-    batches: Vec<Batch>,
-    concurrency: usize,
-    send: F,
-) -> Result<Vec<T>, EmbedError>
-where
-    F: FnMut(Batch) -> Fut,
-    Fut: Future<Output = Result<T, EmbedError>>,
-{
-    futures::stream::iter(batches)
-        .map(send)
-        .buffered(concurrency.max(1))
-        .try_collect()
-        .await
-}
-
-/// The common body of [`super::Embedder::embed`]: plans requests within `limits`, sends them with
-/// `send` (at most `concurrency` at once) and concatenates the vectors in input order.
-pub(crate) async fn embed_all<'t, F, Fut>(
-    provider: &'static str,
-    texts: &'t [String],
-    limits: &BatchLimits,
-    concurrency: usize,
-    mut send: F,
-) -> Result<DenseEmbeddings, EmbedError>
-where
-    F: FnMut(&'t [String]) -> Fut,
-    Fut: Future<Output = Result<DenseEmbeddings, EmbedError>>,
-{
-    let plan = plan_batches(texts, limits).map_err(|oversize| EmbedError::InputTooLong {
-        provider,
-        index: oversize.index,
-        tokens: oversize.tokens,
-        limit: oversize.limit,
-    })?;
-    tracing::debug!(
-        provider,
-        inputs = texts.len(),
-        requests = plan.len(),
-        "embedding batch planned"
-    );
-    let parts = run_batches(plan, concurrency, |batch| send(&texts[batch.range])).await?;
-    let mut all = DenseEmbeddings {
-        vectors: Vec::with_capacity(texts.len()),
-        tokens: 0,
-    };
-    for part in parts {
-        all.vectors.extend(part.vectors);
-        all.tokens += part.tokens;
-    }
-    crate::metrics::embed_tokens_total(provider).increment(all.tokens);
-    Ok(all)
-}
-
-/// Puts a response's `(index, vector)` pairs in input order and checks them: one vector per input,
-/// every index once, one shared length, equal to `dimension` when one was requested.
-pub(crate) fn order_vectors(
-    provider: &'static str,
-    items: Vec<(usize, Vec<f32>)>,
-    expected: usize,
-    dimension: Option<u32>,
-) -> Result<Vec<Vec<f32>>, EmbedError> {
-    let protocol = |message: String| EmbedError::Protocol { provider, message };
-    if items.len() != expected {
-        return Err(protocol(format!(
-            "{} embeddings returned for {expected} inputs",
-            items.len()
-        )));
-    }
-    let mut slots: Vec<Option<Vec<f32>>> = vec![None; expected];
-    for (index, vector) in items {
-        let slot = slots
-            .get_mut(index)
-            .ok_or_else(|| protocol(format!("embedding index {index} out of range")))?;
-        if slot.replace(vector).is_some() {
-            return Err(protocol(format!("embedding index {index} returned twice")));
-        }
-    }
-    let vectors: Vec<Vec<f32>> = slots.into_iter().map(|v| v.unwrap_or_default()).collect();
-    let width = vectors.first().map_or(0, Vec::len);
-    if let Some(bad) = vectors
-        .iter()
-        .position(|v| v.len() != width || v.is_empty())
-    {
-        return Err(protocol(format!(
-            "embedding {bad} has {} dimensions, expected {width}",
-            vectors[bad].len()
-        )));
-    }
-    if let Some(dimension) = dimension
-        && width != dimension as usize
-    {
-        return Err(protocol(format!(
-            "embeddings have {width} dimensions, requested {dimension}"
-        )));
-    }
-    Ok(vectors)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,15 +334,17 @@ mod tests {
 
     #[test]
     fn echoed_keys_are_scrubbed_and_absent_from_debug_output() {
-        let sender = HttpSender::new(SenderSettings {
-            provider: "p",
-            base_url: "http://127.0.0.1:1",
-            api_key: Some(&Secret::new("sk-very-secret")),
-            api_key_header: None,
-            request_timeout: Duration::from_secs(1),
-            policy: RetryPolicy::default(),
-            limiter: None,
-        })
+        let sender = HttpSender::new(
+            "p",
+            SenderSettings {
+                base_url: "http://127.0.0.1:1",
+                api_key: Some(&Secret::new("sk-very-secret")),
+                api_key_header: None,
+                request_timeout: Duration::from_secs(1),
+                policy: RetryPolicy::default(),
+                limiter: None,
+            },
+        )
         .unwrap();
         let scrubbed = sender.scrub("Incorrect API key provided: sk-very-secret.".to_string());
         assert_eq!(scrubbed, "Incorrect API key provided: [redacted].");
@@ -467,45 +356,29 @@ mod tests {
     #[tokio::test]
     async fn connection_errors_are_retried_then_reported_without_the_key() {
         // Port 1 on loopback refuses connections.
-        let sender = HttpSender::new(SenderSettings {
-            provider: "p",
-            base_url: "http://127.0.0.1:1",
-            api_key: Some(&Secret::new("sk-very-secret")),
-            api_key_header: Some("api-key"),
-            request_timeout: Duration::from_secs(1),
-            policy: RetryPolicy {
-                max_retries: 1,
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(1),
-                ..RetryPolicy::default()
+        let sender = HttpSender::new(
+            "p",
+            SenderSettings {
+                base_url: "http://127.0.0.1:1",
+                api_key: Some(&Secret::new("sk-very-secret")),
+                api_key_header: Some("api-key"),
+                request_timeout: Duration::from_secs(1),
+                policy: RetryPolicy {
+                    max_retries: 1,
+                    min_delay: Duration::from_millis(1),
+                    max_delay: Duration::from_millis(1),
+                    ..RetryPolicy::default()
+                },
+                limiter: None,
             },
-            limiter: None,
-        })
+        )
         .unwrap();
-        let err = sender
-            .post_json::<_, serde_json::Value>(&serde_json::json!({}))
-            .await
-            .unwrap_err();
+        let err = sender.post::<Vec<f32>>(b"{}").await.unwrap_err();
         assert!(
             matches!(err, EmbedError::Transport { attempts: 2, .. }),
             "{err}"
         );
         assert!(!format!("{err} {err:?}").contains("sk-very-secret"));
-    }
-
-    #[test]
-    fn billed_tokens_are_read_from_the_body_tail() {
-        assert_eq!(
-            billed_tokens(
-                br#"{"data":[],"model":"m","usage":{"prompt_tokens":7,"total_tokens":42}}"#
-            ),
-            Some(42)
-        );
-        assert_eq!(
-            billed_tokens(br#"{"usage": {"total_tokens" : 5}}"#),
-            Some(5)
-        );
-        assert_eq!(billed_tokens(br#"{"data":[]}"#), None);
     }
 
     #[test]
@@ -526,15 +399,34 @@ mod tests {
     }
 
     #[test]
-    fn vectors_are_ordered_by_index_and_checked() {
-        let items = vec![(1, vec![2.0, 2.0]), (0, vec![1.0, 1.0])];
+    fn the_limiter_learns_usage_from_successes_and_retry_after_from_429s() {
+        let ok: Result<EmbeddingsResponse<Vec<f32>>, Failed> =
+            Ok(serde_json::from_str(r#"{"data":[],"usage":{"total_tokens":42}}"#).unwrap());
         assert_eq!(
-            order_vectors("p", items, 2, Some(2)).unwrap(),
-            vec![vec![1.0, 1.0], vec![2.0, 2.0]]
+            limiter_outcome(&ok, None),
+            RequestOutcome::Success {
+                headers: None,
+                billed_tokens: Some(42)
+            }
         );
-        assert!(order_vectors("p", vec![(0, vec![1.0])], 2, None).is_err());
-        assert!(order_vectors("p", vec![(0, vec![1.0]), (0, vec![1.0])], 2, None).is_err());
-        assert!(order_vectors("p", vec![(0, vec![1.0]), (1, vec![1.0, 2.0])], 2, None).is_err());
-        assert!(order_vectors("p", vec![(0, vec![1.0])], 1, Some(3)).is_err());
+        let wait = Some(Duration::from_secs(2));
+        let status = |status| -> Result<EmbeddingsResponse<Vec<f32>>, Failed> {
+            Err(Failed::from(AttemptError::Status {
+                status,
+                message: "m".into(),
+                retry_after: wait,
+            }))
+        };
+        assert_eq!(
+            limiter_outcome(&status(429), None),
+            RequestOutcome::RateLimited {
+                retry_after: wait,
+                headers: None
+            }
+        );
+        assert_eq!(limiter_outcome(&status(503), None), RequestOutcome::Failed);
+        let timeout: Result<EmbeddingsResponse<Vec<f32>>, _> =
+            Err(Failed::from(AttemptError::Timeout));
+        assert_eq!(limiter_outcome(&timeout, None), RequestOutcome::Failed);
     }
 }

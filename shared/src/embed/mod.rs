@@ -1,9 +1,12 @@
 //! Embed stage: chunk texts → vectors. One [`Embedder`] trait, three providers (Voyage,
-//! OpenAI-compatible, local BM25). Dense providers batch up to their documented per-request limits
-//! and retry 429/5xx/timeouts with jittered exponential backoff (backon), honouring `Retry-After`.
+//! OpenAI-compatible, local BM25). The dense providers are one [`DenseClient`] each, over a
+//! [`Provider`] that holds only what its API does differently; the client batches up to the
+//! documented per-request limits and retries 429/5xx/timeouts with jittered exponential backoff
+//! (backon), honouring `Retry-After`.
 
 pub mod batch;
 pub mod bm25;
+mod client;
 mod http;
 pub mod limiter;
 pub mod openai;
@@ -13,10 +16,11 @@ pub mod voyage;
 
 pub use batch::{Batch, BatchClose, BatchLimits, estimate_tokens};
 pub use bm25::{Bm25Encoder, Bm25Settings};
+pub use client::{DenseClient, DenseSettings, Provider};
 pub use limiter::{EmbedLimiter, LimiterPermit, LimiterSettings, RequestOutcome};
-pub use openai::{OpenAiEmbedder, OpenAiSettings};
+pub use openai::{OpenAiEmbedder, OpenAiOptions, OpenAiSettings};
 pub use packing::{PackingEmbedder, PackingSettings};
-pub use voyage::{VoyageEmbedder, VoyageSettings};
+pub use voyage::{VoyageEmbedder, VoyageOptions, VoyageSettings};
 
 use async_trait::async_trait;
 

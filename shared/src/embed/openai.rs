@@ -5,17 +5,12 @@
 //! and 300,000 tokens summed per request. OpenAI has no `input_type`, so documents and queries are
 //! embedded alike.
 
-use std::time::Duration;
-
-use async_trait::async_trait;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::batch::{BatchLimits, send_splitting};
-use super::http::{HttpSender, SenderSettings, embed_all, order_vectors};
-use super::retry::RetryPolicy;
-use super::{DenseEmbeddings, EmbedError, Embedder, InputKind};
-use crate::secret::Secret;
+use super::batch::BatchLimits;
+use super::client::{DenseClient, DenseSettings, Provider};
+use super::{EmbedError, InputKind};
 
 /// The `provider` label in metrics and errors.
 pub const PROVIDER: &str = "openai";
@@ -79,68 +74,24 @@ pub enum EncodingFormat {
     Base64,
 }
 
-/// Settings of the OpenAI-compatible client.
-#[derive(Debug, Clone)]
-pub struct OpenAiSettings {
-    /// API base URL; `/v1/embeddings` is appended, or `/embeddings` when it already ends in `/v1`
-    /// (Azure: `https://<resource>.openai.azure.com/openai/v1`).
-    pub base_url: String,
-    /// The API key; `None` sends no credentials (local servers).
-    pub api_key: Option<Secret>,
-    /// Header carrying the key: `None` = `Authorization: Bearer <key>`; Azure uses `api-key`.
-    pub api_key_header: Option<String>,
-    /// Model (or Azure deployment) name.
-    pub model: String,
+/// OpenAI and compatible servers: the [`Provider`] behind [`OpenAiEmbedder`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAi;
+
+/// OpenAI's own request options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenAiOptions {
     /// `dimensions` (text-embedding-3 and later); `None` takes the model's default.
     pub dimensions: Option<u32>,
     /// `encoding_format` of the response vectors.
     pub encoding_format: EncodingFormat,
-    /// Time allowed for one request, connection to last byte; a timeout is retried.
-    pub request_timeout: Duration,
-    /// Attempts after the first for 429/5xx/timeouts/connection errors.
-    pub max_retries: u32,
-    /// First backoff delay (doubling, jittered); a longer `Retry-After` wins.
-    pub retry_min_delay: Duration,
-    /// Ceiling of the backoff delay.
-    pub retry_max_delay: Duration,
-    /// Inputs per request; `None` = the documented 2,048.
-    pub max_inputs_per_request: Option<usize>,
-    /// Estimated tokens per request; `None` = the documented 300,000.
-    pub max_tokens_per_request: Option<usize>,
-    /// Requests of one `embed` call in flight at once (shared TPM limit: keep it small).
-    pub max_concurrent_requests: usize,
-    /// Process-wide admission control (AIMD concurrency, TPM/RPM) shared by every request of
-    /// this embedder; `None` sends requests as soon as `max_concurrent_requests` allows.
-    pub limiter: Option<std::sync::Arc<super::EmbedLimiter>>,
 }
 
-impl Default for OpenAiSettings {
-    fn default() -> Self {
-        OpenAiSettings {
-            base_url: DEFAULT_BASE_URL.to_string(),
-            api_key: None,
-            api_key_header: None,
-            model: DEFAULT_MODEL.to_string(),
-            dimensions: None,
-            encoding_format: EncodingFormat::default(),
-            request_timeout: Duration::from_secs(60),
-            max_retries: 5,
-            retry_min_delay: Duration::from_millis(500),
-            retry_max_delay: Duration::from_secs(30),
-            max_inputs_per_request: None,
-            max_tokens_per_request: None,
-            max_concurrent_requests: 4,
-            limiter: None,
-        }
-    }
-}
+/// Settings of the OpenAI-compatible client.
+pub type OpenAiSettings = DenseSettings<OpenAi>;
 
 /// OpenAI-compatible embedding client.
-pub struct OpenAiEmbedder {
-    settings: OpenAiSettings,
-    sender: HttpSender,
-    limits: BatchLimits,
-}
+pub type OpenAiEmbedder = DenseClient<OpenAi>;
 
 #[derive(Serialize)]
 struct EmbeddingsRequest<'a> {
@@ -151,30 +102,12 @@ struct EmbeddingsRequest<'a> {
     encoding_format: EncodingFormat,
 }
 
-#[derive(Deserialize)]
-struct EmbeddingsResponse {
-    data: Vec<EmbeddingItem>,
-    #[serde(default)]
-    usage: Usage,
-}
-
-#[derive(Deserialize)]
-struct EmbeddingItem {
-    embedding: EmbeddingData,
-    index: usize,
-}
-
-#[derive(Deserialize)]
+/// A vector as `encoding_format` asked for it, or as numbers from a server that ignores it.
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum EmbeddingData {
+pub enum EmbeddingData {
     Float(Vec<f32>),
     Base64(String),
-}
-
-#[derive(Deserialize, Default)]
-struct Usage {
-    #[serde(default)]
-    total_tokens: u64,
 }
 
 /// Decodes a base64 `embedding`: little-endian f32s.
@@ -194,153 +127,84 @@ pub fn decode_base64_embedding(encoded: &str) -> Result<Vec<f32>, String> {
         .collect())
 }
 
-impl OpenAiEmbedder {
-    /// Checks the settings against the model's documented options and builds the HTTP client.
-    pub fn new(settings: OpenAiSettings) -> Result<Self, EmbedError> {
-        let invalid = |message: String| EmbedError::InvalidSettings {
-            provider: PROVIDER,
-            message,
-        };
-        if settings.model.trim().is_empty() {
-            return Err(invalid("model must not be empty".to_string()));
-        }
-        if let Some(dimension) = settings.dimensions {
-            match openai_model(&settings.model) {
-                Some(model) if !model.flexible_dimensions => {
-                    return Err(invalid(format!(
-                        "model {} does not take dimensions",
-                        model.name
-                    )));
-                }
-                Some(model) if dimension == 0 || dimension > model.default_dimension => {
-                    return Err(invalid(format!(
-                        "dimensions for {} must be between 1 and {}, not {dimension}",
-                        model.name, model.default_dimension
-                    )));
-                }
-                Some(_) | None if dimension == 0 => {
-                    return Err(invalid("dimensions must be at least 1".to_string()));
-                }
-                Some(_) | None => {}
-            }
-        }
-        let limits = BatchLimits {
-            max_inputs: settings
-                .max_inputs_per_request
-                .unwrap_or(MAX_INPUTS_PER_REQUEST),
-            max_tokens: settings
-                .max_tokens_per_request
-                .unwrap_or(MAX_TOKENS_PER_REQUEST),
+impl Provider for OpenAi {
+    const NAME: &'static str = PROVIDER;
+    const DEFAULT_BASE_URL: &'static str = DEFAULT_BASE_URL;
+    const DEFAULT_MODEL: &'static str = DEFAULT_MODEL;
+    type Options = OpenAiOptions;
+    type Embedding = EmbeddingData;
+
+    fn limits(_model: &str) -> BatchLimits {
+        BatchLimits {
+            max_inputs: MAX_INPUTS_PER_REQUEST,
+            max_tokens: MAX_TOKENS_PER_REQUEST,
             max_tokens_per_input: MAX_TOKENS_PER_INPUT,
+        }
+    }
+
+    fn requested_dimension(options: &OpenAiOptions) -> Option<u32> {
+        options.dimensions
+    }
+
+    fn default_dimension(model: &str) -> Option<u32> {
+        openai_model(model).map(|m| m.default_dimension)
+    }
+
+    /// Models missing from [`MODELS`] (compatible servers') take any positive `dimensions`.
+    fn check(model: &str, options: &OpenAiOptions) -> Result<(), String> {
+        let Some(dimension) = options.dimensions else {
+            return Ok(());
         };
-        if limits.max_inputs == 0 || limits.max_tokens == 0 || settings.max_concurrent_requests == 0
-        {
-            return Err(invalid(
-                "max_inputs_per_request, max_tokens_per_request and max_concurrent_requests must be at least 1".to_string(),
-            ));
-        }
-        let sender = HttpSender::new(SenderSettings {
-            provider: PROVIDER,
-            base_url: &settings.base_url,
-            api_key: settings.api_key.as_ref(),
-            api_key_header: settings.api_key_header.as_deref(),
-            request_timeout: settings.request_timeout,
-            policy: RetryPolicy {
-                max_retries: settings.max_retries,
-                min_delay: settings.retry_min_delay,
-                max_delay: settings.retry_max_delay,
-                ..RetryPolicy::default()
-            },
-            limiter: settings.limiter.clone(),
-        })?;
-        Ok(OpenAiEmbedder {
-            settings,
-            sender,
-            limits,
-        })
-    }
-
-    /// The vector size, when the settings or the model table tell it without a request.
-    pub fn dense_dimension_hint(&self) -> Option<u32> {
-        self.settings
-            .dimensions
-            .or_else(|| openai_model(&self.settings.model).map(|m| m.default_dimension))
-    }
-
-    /// The per-request limits batches are planned within.
-    pub fn batch_limits(&self) -> BatchLimits {
-        self.limits
-    }
-
-    async fn send(&self, input: &[String]) -> Result<DenseEmbeddings, EmbedError> {
-        let request = EmbeddingsRequest {
-            input,
-            model: &self.settings.model,
-            dimensions: self.settings.dimensions,
-            encoding_format: self.settings.encoding_format,
-        };
-        let response: EmbeddingsResponse = self.sender.post_json(&request).await?;
-        let mut items = Vec::with_capacity(response.data.len());
-        for item in response.data {
-            let vector = match item.embedding {
-                EmbeddingData::Float(vector) => vector,
-                EmbeddingData::Base64(encoded) => {
-                    decode_base64_embedding(&encoded).map_err(|message| EmbedError::Protocol {
-                        provider: PROVIDER,
-                        message,
-                    })?
-                }
-            };
-            items.push((item.index, vector));
-        }
-        let vectors = order_vectors(PROVIDER, items, input.len(), self.settings.dimensions)?;
-        Ok(DenseEmbeddings {
-            vectors,
-            tokens: response.usage.total_tokens,
-        })
-    }
-}
-
-/// Whether `error` is an OpenAI-compatible server refusing a request for its size rather than its
-/// content: `"Requested N tokens, max M tokens per request"` or `"Too many inputs"`. The sender
-/// keeps only the error's message (not its `code`), so the documented wording is what is matched.
-pub fn is_batch_too_large(error: &EmbedError) -> bool {
-    matches!(error, EmbedError::Rejected { status: 400, message, .. }
-        if message.contains("tokens per request") || message.contains("Too many inputs"))
-}
-
-#[async_trait]
-impl Embedder for OpenAiEmbedder {
-    fn fingerprint(&self) -> String {
-        match self.dense_dimension_hint() {
-            Some(dimension) => format!("{PROVIDER}:{}:dim={dimension}", self.settings.model),
-            None => format!("{PROVIDER}:{}:dim=default", self.settings.model),
+        match openai_model(model) {
+            Some(model) if !model.flexible_dimensions => {
+                Err(format!("model {} does not take dimensions", model.name))
+            }
+            Some(model) if dimension == 0 || dimension > model.default_dimension => Err(format!(
+                "dimensions for {} must be between 1 and {}, not {dimension}",
+                model.name, model.default_dimension
+            )),
+            Some(_) | None if dimension == 0 => Err("dimensions must be at least 1".to_string()),
+            Some(_) | None => Ok(()),
         }
     }
 
-    async fn embed(
-        &self,
-        texts: &[String],
+    /// OpenAI has no `input_type`: documents and queries are embedded alike.
+    fn request<'a>(
+        model: &'a str,
+        options: &'a OpenAiOptions,
+        input: &'a [String],
         _kind: InputKind,
-    ) -> Result<DenseEmbeddings, EmbedError> {
-        embed_all(
-            PROVIDER,
-            texts,
-            &self.limits,
-            self.settings.max_concurrent_requests,
-            |chunk| {
-                send_splitting(PROVIDER, chunk, is_batch_too_large, move |part| {
-                    self.send(part)
-                })
-            },
-        )
-        .await
+    ) -> impl Serialize + 'a {
+        EmbeddingsRequest {
+            input,
+            model,
+            dimensions: options.dimensions,
+            encoding_format: options.encoding_format,
+        }
+    }
+
+    fn decode(embedding: EmbeddingData) -> Result<Vec<f32>, String> {
+        match embedding {
+            EmbeddingData::Float(vector) => Ok(vector),
+            EmbeddingData::Base64(encoded) => decode_base64_embedding(&encoded),
+        }
+    }
+
+    /// An OpenAI-compatible server refusing a request for its size rather than its content:
+    /// `"Requested N tokens, max M tokens per request"` or `"Too many inputs"`. The sender keeps
+    /// only the error's message (not its `code`), so the documented wording is what is matched.
+    fn is_batch_too_large(error: &EmbedError) -> bool {
+        matches!(error, EmbedError::Rejected { status: 400, message, .. }
+            if message.contains("tokens per request") || message.contains("Too many inputs"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::Embedder;
+
+    type EmbeddingsResponse = crate::embed::client::EmbeddingsResponse<EmbeddingData>;
 
     #[test]
     fn defaults_follow_the_documented_limits() {
@@ -355,7 +219,10 @@ mod tests {
         );
         assert_eq!(e.fingerprint(), "openai:text-embedding-3-small:dim=1536");
         let short = OpenAiEmbedder::new(OpenAiSettings {
-            dimensions: Some(256),
+            options: OpenAiOptions {
+                dimensions: Some(256),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .unwrap();
@@ -366,7 +233,10 @@ mod tests {
     fn dimensions_are_checked_for_known_models() {
         let ada = OpenAiSettings {
             model: "text-embedding-ada-002".into(),
-            dimensions: Some(512),
+            options: OpenAiOptions {
+                dimensions: Some(512),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(matches!(
@@ -374,7 +244,10 @@ mod tests {
             Err(EmbedError::InvalidSettings { .. })
         ));
         let too_big = OpenAiSettings {
-            dimensions: Some(2000),
+            options: OpenAiOptions {
+                dimensions: Some(2000),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(matches!(
@@ -383,7 +256,10 @@ mod tests {
         ));
         let local = OpenAiSettings {
             model: "nomic-embed-text".into(),
-            dimensions: Some(768),
+            options: OpenAiOptions {
+                dimensions: Some(768),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(

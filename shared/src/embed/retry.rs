@@ -1,14 +1,17 @@
 //! Retry policy of the embed stage, kept apart from the HTTP code that sends requests.
 //!
-//! One request attempt ends in an [`AttemptError`]; [`classify`] decides — by exhaustive matching,
-//! so a new case forces a decision — whether it is worth another attempt. [`with_retries`] drives
-//! the attempts with `backon`'s jittered exponential backoff, stretching a delay to the provider's
-//! `Retry-After` when it sent one, and turns the last failure into an [`EmbedError`].
+//! One request attempt ends in an [`AttemptError`]; [`AttemptOutcome::of`] classifies it once —
+//! by exhaustive matching, so a new case forces a decision — and that one [`AttemptOutcome`]
+//! decides the retry, labels the request metric and tells the rate limiter how the attempt went.
+//! [`with_retries`] drives the attempts with `backon`'s jittered exponential backoff, stretching a
+//! delay to the provider's `Retry-After` when it sent one, and turns the last failure into an
+//! [`EmbedError`].
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::TryFutureExt;
 
 use super::EmbedError;
 
@@ -29,6 +32,129 @@ pub enum AttemptError {
     Transport(String),
     /// A 2xx answer that does not match the documented response format.
     Protocol(String),
+}
+
+impl AttemptError {
+    /// The provider's `Retry-After`, when it answered with one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Status { retry_after, .. } => *retry_after,
+            AttemptError::Timeout | AttemptError::Transport(_) | AttemptError::Protocol(_) => None,
+        }
+    }
+}
+
+/// What one attempt came to. Decided once per attempt, where it ends; the retry loop
+/// ([`Self::verdict`]), the `outcome` label of `sluice_embed_requests_total` ([`Self::label`])
+/// and the rate limiter all read this one value, so they cannot disagree about an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A 2xx answer in the documented format.
+    Ok,
+    /// HTTP 429.
+    RateLimited,
+    /// A 5xx the same request may well get past (500, 502, 503, 504, ...).
+    ServerError,
+    /// 501 Not Implemented / 505 HTTP Version Not Supported: they will not change on a retry.
+    ServerUnsupported,
+    /// 408: the server gave up waiting for our request; the same request may well succeed.
+    RequestTimeout,
+    /// Any other 4xx: 400 bad request, 401 bad key, 403 forbidden, 404 unknown model, 422 ...
+    Rejected,
+    /// Informational, success or redirect codes (or codes past 599) on the error path: a broken
+    /// proxy.
+    UnexpectedStatus,
+    /// No complete answer within the request timeout.
+    Timeout,
+    /// Connection refused or reset, DNS failure, broken body stream.
+    Transport,
+    /// A 2xx answer that does not match the documented response format.
+    Protocol,
+}
+
+impl AttemptOutcome {
+    /// Classifies a failed attempt.
+    pub fn of(error: &AttemptError) -> Self {
+        match error {
+            AttemptError::Status { status, .. } => Self::of_status(*status),
+            AttemptError::Timeout => AttemptOutcome::Timeout,
+            AttemptError::Transport(_) => AttemptOutcome::Transport,
+            AttemptError::Protocol(_) => AttemptOutcome::Protocol,
+        }
+    }
+
+    /// Classifies a non-success status. The ranges cover all of `u16`, so there is no catch-all
+    /// arm.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            429 => AttemptOutcome::RateLimited,
+            408 => AttemptOutcome::RequestTimeout,
+            501 | 505 => AttemptOutcome::ServerUnsupported,
+            500..=599 => AttemptOutcome::ServerError,
+            400..=407 | 409..=428 | 430..=499 => AttemptOutcome::Rejected,
+            0..=399 | 600..=u16::MAX => AttemptOutcome::UnexpectedStatus,
+        }
+    }
+
+    /// Whether the attempt is worth another: 429, transient 5xx, timeouts and connection errors
+    /// are; a request that is itself wrong (or an answer that is nonsense) is not.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            AttemptOutcome::RateLimited => Verdict::Retry(RetryReason::RateLimited),
+            AttemptOutcome::ServerError => Verdict::Retry(RetryReason::ServerError),
+            AttemptOutcome::RequestTimeout | AttemptOutcome::Timeout => {
+                Verdict::Retry(RetryReason::Timeout)
+            }
+            AttemptOutcome::Transport => Verdict::Retry(RetryReason::Transport),
+            AttemptOutcome::Ok
+            | AttemptOutcome::ServerUnsupported
+            | AttemptOutcome::Rejected
+            | AttemptOutcome::UnexpectedStatus
+            | AttemptOutcome::Protocol => Verdict::Fail,
+        }
+    }
+
+    /// The `outcome` label of `sluice_embed_requests_total`: the status class the provider
+    /// answered with, or how the attempt failed without one.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::RateLimited => "rate_limited",
+            AttemptOutcome::ServerError | AttemptOutcome::ServerUnsupported => "server_error",
+            AttemptOutcome::RequestTimeout
+            | AttemptOutcome::Rejected
+            | AttemptOutcome::UnexpectedStatus => "rejected",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Transport => "transport",
+            AttemptOutcome::Protocol => "protocol",
+        }
+    }
+}
+
+/// A failed attempt with its [`AttemptOutcome`], classified once where it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    outcome: AttemptOutcome,
+    error: AttemptError,
+}
+
+impl Failed {
+    pub fn outcome(&self) -> AttemptOutcome {
+        self.outcome
+    }
+
+    pub fn error(&self) -> &AttemptError {
+        &self.error
+    }
+}
+
+impl From<AttemptError> for Failed {
+    fn from(error: AttemptError) -> Self {
+        Failed {
+            outcome: AttemptOutcome::of(&error),
+            error,
+        }
+    }
 }
 
 /// Why an attempt is retried (the `reason` label of `sluice_embed_retries_total`).
@@ -59,31 +185,9 @@ pub enum Verdict {
     Fail,
 }
 
-/// Decides whether a failed attempt is retried.
+/// Whether a failed attempt is retried: [`AttemptOutcome::verdict`] of its classification.
 pub fn classify(error: &AttemptError) -> Verdict {
-    match error {
-        AttemptError::Status { status, .. } => classify_status(*status),
-        AttemptError::Timeout => Verdict::Retry(RetryReason::Timeout),
-        AttemptError::Transport(_) => Verdict::Retry(RetryReason::Transport),
-        AttemptError::Protocol(_) => Verdict::Fail,
-    }
-}
-
-/// 429 and transient 5xx are retried; every other status fails at once. The ranges cover all of
-/// `u16`, so there is no catch-all arm.
-pub fn classify_status(status: u16) -> Verdict {
-    match status {
-        429 => Verdict::Retry(RetryReason::RateLimited),
-        // 408: the server gave up waiting for our request; the same request may well succeed.
-        408 => Verdict::Retry(RetryReason::Timeout),
-        // 501 Not Implemented / 505 HTTP Version Not Supported will not change on a retry.
-        501 | 505 => Verdict::Fail,
-        500..=599 => Verdict::Retry(RetryReason::ServerError),
-        // 400 bad request, 401 bad key, 403 forbidden, 404 unknown model, 422 malformed body, ...
-        400..=407 | 409..=428 | 430..=499 => Verdict::Fail,
-        // Informational, success or redirect codes reaching the error path mean a broken proxy.
-        0..=399 | 600..=u16::MAX => Verdict::Fail,
-    }
+    AttemptOutcome::of(error).verdict()
 }
 
 /// Parses a `Retry-After` value: delta-seconds (`"3"`) or an HTTP date
@@ -135,25 +239,24 @@ pub fn next_delay(
     backoff: Option<Duration>,
 ) -> Option<Duration> {
     let backoff = backoff?;
-    let retry_after = match error {
-        AttemptError::Status { retry_after, .. } => *retry_after,
-        AttemptError::Timeout | AttemptError::Transport(_) | AttemptError::Protocol(_) => None,
-    };
-    Some(match retry_after {
+    Some(match error.retry_after() {
         Some(wait) => wait.min(policy.max_retry_after).max(backoff),
         None => backoff,
     })
 }
 
-/// Runs `attempt` until it succeeds, fails for good, or the retry budget is spent.
-pub async fn with_retries<T, F, Fut>(
+/// Runs `attempt` until it succeeds, fails for good, or the retry budget is spent. Each failed
+/// attempt is classified once (an [`AttemptError`] is classified as it comes in; a [`Failed`]
+/// already carries its classification) and every decision after it reads that classification.
+pub async fn with_retries<T, E, F, Fut>(
     provider: &'static str,
     policy: &RetryPolicy,
     mut attempt: F,
 ) -> Result<T, EmbedError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, AttemptError>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<Failed>,
 {
     let attempts = AtomicU32::new(0);
     let backoff = ExponentialBuilder::default()
@@ -163,14 +266,14 @@ where
         .with_max_times(policy.max_retries as usize);
     let result = (|| {
         attempts.fetch_add(1, Ordering::Relaxed);
-        attempt()
+        attempt().map_err(Into::into)
     })
     .retry(backoff)
     .sleep(tokio::time::sleep)
-    .when(|error| matches!(classify(error), Verdict::Retry(_)))
-    .adjust(|error, backoff| next_delay(policy, error, backoff))
-    .notify(|error, delay| {
-        let reason = match classify(error) {
+    .when(|failed: &Failed| matches!(failed.outcome.verdict(), Verdict::Retry(_)))
+    .adjust(|failed, backoff| next_delay(policy, &failed.error, backoff))
+    .notify(|failed, delay| {
+        let reason = match failed.outcome.verdict() {
             Verdict::Retry(reason) => reason.as_str(),
             Verdict::Fail => "none",
         };
@@ -180,12 +283,12 @@ where
             reason,
             attempt = attempts.load(Ordering::Relaxed),
             delay_ms = delay.as_millis() as u64,
-            error = %describe(error),
+            error = %describe(&failed.error),
             "embedding request failed, retrying"
         );
     })
     .await;
-    result.map_err(|error| into_embed_error(provider, attempts.load(Ordering::Relaxed), error))
+    result.map_err(|failed| into_embed_error(provider, attempts.load(Ordering::Relaxed), failed))
 }
 
 fn describe(error: &AttemptError) -> String {
@@ -199,41 +302,43 @@ fn describe(error: &AttemptError) -> String {
 }
 
 /// The error a caller sees once retrying is over.
-pub fn into_embed_error(provider: &'static str, attempts: u32, error: AttemptError) -> EmbedError {
+pub fn into_embed_error(
+    provider: &'static str,
+    attempts: u32,
+    failed: impl Into<Failed>,
+) -> EmbedError {
+    let Failed { outcome, error } = failed.into();
     match error {
         AttemptError::Status {
             status, message, ..
-        } => match classify_status(status) {
-            Verdict::Retry(RetryReason::RateLimited) => EmbedError::RateLimited {
+        } => match outcome {
+            AttemptOutcome::RateLimited => EmbedError::RateLimited {
                 provider,
                 attempts,
                 message,
             },
-            Verdict::Retry(RetryReason::ServerError) => EmbedError::Server {
+            AttemptOutcome::ServerError | AttemptOutcome::ServerUnsupported => EmbedError::Server {
                 provider,
                 status,
                 attempts,
                 message,
             },
-            Verdict::Retry(RetryReason::Timeout | RetryReason::Transport) => {
-                EmbedError::Transport {
-                    provider,
-                    attempts,
-                    message: format!("HTTP {status}: {message}"),
-                }
-            }
-            Verdict::Fail if (400..500).contains(&status) => EmbedError::Rejected {
+            AttemptOutcome::RequestTimeout => EmbedError::Transport {
                 provider,
-                status,
-                message,
-            },
-            Verdict::Fail if (500..600).contains(&status) => EmbedError::Server {
-                provider,
-                status,
                 attempts,
+                message: format!("HTTP {status}: {message}"),
+            },
+            AttemptOutcome::Rejected => EmbedError::Rejected {
+                provider,
+                status,
                 message,
             },
-            Verdict::Fail => EmbedError::Protocol {
+            // The last four cannot come from a status; they are listed so the match stays total.
+            AttemptOutcome::UnexpectedStatus
+            | AttemptOutcome::Ok
+            | AttemptOutcome::Timeout
+            | AttemptOutcome::Transport
+            | AttemptOutcome::Protocol => EmbedError::Protocol {
                 provider,
                 message: format!("unexpected HTTP {status}: {message}"),
             },
@@ -300,6 +405,50 @@ mod tests {
             classify(&AttemptError::Protocol("bad json".into())),
             Verdict::Fail
         );
+    }
+
+    #[test]
+    fn one_outcome_decides_the_retry_the_metric_label_and_the_error() {
+        use RetryReason::{RateLimited, ServerError, Timeout, Transport};
+        let (retry, fail) = (Verdict::Retry, Verdict::Fail);
+        let errors = [
+            status(429, None),
+            status(503, None),
+            status(501, None),
+            status(408, None),
+            status(404, None),
+            status(302, None),
+            AttemptError::Timeout,
+            AttemptError::Transport("reset".into()),
+            AttemptError::Protocol("bad json".into()),
+        ];
+        let outcomes: Vec<_> = errors.iter().map(AttemptOutcome::of).collect();
+        let verdicts: Vec<_> = outcomes.iter().map(|o| o.verdict()).collect();
+        #[rustfmt::skip]
+        let expected = [
+            retry(RateLimited), retry(ServerError), fail, retry(Timeout), fail, fail,
+            retry(Timeout), retry(Transport), fail,
+        ];
+        assert_eq!(verdicts, expected);
+        let labels: Vec<_> = outcomes.iter().map(|o| o.label()).collect();
+        #[rustfmt::skip]
+        let expected = [
+            "rate_limited", "server_error", "server_error", "rejected", "rejected", "rejected",
+            "timeout", "transport", "protocol",
+        ];
+        assert_eq!(labels, expected);
+        let kinds: Vec<_> = errors
+            .into_iter()
+            .map(|e| into_embed_error("p", 1, e).kind())
+            .collect();
+        #[rustfmt::skip]
+        let expected = [
+            "embed_rate_limited", "embed_server_error", "embed_server_error", "embed_transport",
+            "embed_rejected", "embed_protocol", "embed_transport", "embed_transport",
+            "embed_protocol",
+        ];
+        assert_eq!(kinds, expected);
+        assert_eq!(AttemptOutcome::Ok.label(), "ok");
     }
 
     #[test]
