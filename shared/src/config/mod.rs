@@ -17,7 +17,7 @@ use crate::secret::{Secret, redact_url};
 
 mod fleet;
 #[cfg(test)]
-mod readme;
+pub(crate) mod readme;
 mod scheduler;
 mod unknown;
 pub use fleet::{FleetConfig, WorkerSizing};

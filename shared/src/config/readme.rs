@@ -22,24 +22,30 @@ struct Row {
     default: String,
 }
 
-fn table() -> Vec<Row> {
+/// The README's table rows whose first cell starts with `` `prefix ``: the names in backticks
+/// in that cell (those starting with `prefix`) and the second cell.
+pub(crate) fn readme_rows(prefix: &str) -> Vec<(Vec<String>, String)> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let rows: Vec<Row> = readme
+    readme
         .lines()
-        .filter(|line| line.starts_with("| `SLUICE_"))
+        .filter(|line| line.starts_with(&format!("| `{prefix}")))
         .map(|line| {
             let cells: Vec<&str> = line.split(" | ").collect();
             let names = cells[0]
                 .split('`')
-                .filter(|part| part.starts_with("SLUICE_"))
+                .filter(|part| part.starts_with(prefix))
                 .map(str::to_string)
                 .collect();
-            Row {
-                names,
-                default: cells.get(1).map_or("", |c| c.trim()).to_string(),
-            }
+            (names, cells.get(1).map_or("", |c| c.trim()).to_string())
         })
+        .collect()
+}
+
+fn table() -> Vec<Row> {
+    let rows: Vec<Row> = readme_rows("SLUICE_")
+        .into_iter()
+        .map(|(names, default)| Row { names, default })
         .collect();
     assert!(rows.len() > 40, "the settings table was not found");
     rows
