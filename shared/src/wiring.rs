@@ -177,6 +177,8 @@ fn build_limiter(
                 max_concurrency: config.max_concurrency,
                 tokens_per_window: config.tokens_per_minute.filter(|_| local),
                 requests_per_window: config.requests_per_minute.filter(|_| local),
+                limits_enforced_elsewhere: !local
+                    && (config.tokens_per_minute.is_some() || config.requests_per_minute.is_some()),
                 ..LimiterSettings::default()
             },
         )

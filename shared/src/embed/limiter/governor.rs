@@ -38,6 +38,10 @@ pub struct LimiterSettings {
     pub window: Duration,
     /// Ceiling on the pause a `Retry-After` imposes on every request.
     pub max_pause: Duration,
+    /// The account's limits are configured but enforced outside this limiter (the fleet's shared
+    /// budget). Configured limits, here or there, decide how much is sent; the share of the
+    /// provider's `remaining` is only for processes sharing an account nobody described.
+    pub limits_enforced_elsewhere: bool,
 }
 
 impl Default for LimiterSettings {
@@ -49,6 +53,7 @@ impl Default for LimiterSettings {
             requests_per_window: None,
             window: Duration::from_secs(60),
             max_pause: Duration::from_secs(120),
+            limits_enforced_elsewhere: false,
         }
     }
 }
@@ -268,12 +273,16 @@ impl RateGovernor {
         }
         // With nothing in flight a request always goes (the hints above already waited for
         // what it needs); otherwise wait for an answer, which brings fresh headers.
-        let beyond_share = self
-            .request_hint
-            .is_some_and(|h| !h.share_allows(now, self.share, self.in_flight as u64, 1))
-            || self
-                .token_hint
-                .is_some_and(|h| !h.share_allows(now, self.share, self.in_flight_tokens, tokens));
+        let limits_configured = self.settings.limits_enforced_elsewhere
+            || self.tokens.is_some()
+            || self.requests.is_some();
+        let beyond_share = !limits_configured
+            && (self
+                .request_hint
+                .is_some_and(|h| !h.share_allows(now, self.share, self.in_flight as u64, 1))
+                || self.token_hint.is_some_and(|h| {
+                    !h.share_allows(now, self.share, self.in_flight_tokens, tokens)
+                }));
         if self.in_flight > 0 && beyond_share {
             return Err(None);
         }
