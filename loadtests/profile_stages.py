@@ -23,7 +23,9 @@ STAGES = [
     ("extract: HTML", r"extract::html|scraper|html5ever|markup5ever|selectors::|cssparser|tendril"),
     ("extract: text, Markdown", r"extract::text|extract::sniff|extract::|chardetng|encoding_rs"),
     ("chunk + tokenise", r"sluice_shared::chunk|text_splitter|bpe_openai|bpe::|regex_automata|pulldown_cmark|unicode_segmentation"),
-    ("BM25", r"embed::bm25"),
+    # BM25 vectors are qdrant-edge's inference (tokenise, stem, hash) called from embed::bm25;
+    # its tokenizer lives under qdrant-edge's segment module, which the store pattern would take.
+    ("BM25", r"embed::bm25|bm25_embed|EdgeBm25|qdrant_rust_stemmers|full_text_index::tokenizers"),
     ("embed client", r"sluice_shared::embed|reqwest|hyper|h2::|rustls|aws_lc|ring::|serde_json"),
     ("store (qdrant-edge)", r"sluice_shared::store|qdrant_edge|segment::|shard::|sparse::|gridstore|wal::|memmap|bitvec|rocksdb"),
     ("metadata (SQLite)", r"sluice_shared::metadata|sqlx|sqlite3|libsqlite3"),

@@ -129,12 +129,22 @@ impl ChaosReport {
         self.drained && self.findings.clean()
     }
 
+    /// Workers that ended by themselves, with what they said last: an exit is survivable (the
+    /// worker is restarted) but never expected.
+    fn exits_rendered(&self) -> String {
+        self.events
+            .iter()
+            .filter(|e| e.contains("exited by itself"))
+            .map(|e| format!("  {e}\n"))
+            .collect()
+    }
+
     pub fn render(&self) -> String {
         format!(
             "chaos run: seed {}, {} workers, {} (+{} ms each way); {:.0} s of chaos (outages {:.0} s, \
              lease {:.0} s), {} kills, {} freezes past the lease, {} unexpected exits\n\
              provider: {} requests, {} 5xx, {} 429\n\
-             drain: {} after {:.1} s; total {:.1} s\n{}verdict: {}\n",
+             drain: {} after {:.1} s; total {:.1} s\n{}{}verdict: {}\n",
             self.seed,
             self.workers,
             self.qdrant,
@@ -155,6 +165,7 @@ impl ChaosReport {
             },
             self.drain_secs,
             self.elapsed_secs,
+            self.exits_rendered(),
             self.findings.render(),
             if self.clean() { "CLEAN" } else { "FAILED" },
         )

@@ -60,14 +60,16 @@ impl Workers {
         self.frozen[i] = false;
     }
 
-    /// Slots whose process exited by itself since the last call (their slots are emptied).
+    /// Slots whose process exited by itself since the last call (their slots are emptied), each
+    /// with its exit status and the last line it logged (a worker that gives up says why there).
     pub(super) fn reap(&mut self) -> Vec<(usize, String)> {
         let mut out = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Some(child) = slot
                 && let Ok(Some(status)) = child.try_wait()
             {
-                out.push((i, status.to_string()));
+                let last_words = last_line(&self.log_dir.join(format!("worker-{i}.log")));
+                out.push((i, format!("{status}: {last_words}")));
                 *slot = None;
             }
         }
@@ -167,5 +169,16 @@ mod tests {
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == needle));
         assert!(ours, "the inode belongs to this process");
+    }
+}
+
+/// The last non-empty line of a worker's log, shortened to a line of the event list.
+fn last_line(path: &std::path::Path) -> String {
+    const MAX: usize = 400;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no log)");
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
     }
 }

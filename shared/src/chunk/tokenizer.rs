@@ -14,6 +14,7 @@ use std::sync::LazyLock;
 use bpe_openai::byte_pair_encoding::BytePairEncoding;
 use regex_automata::meta::{Cache, Regex};
 use regex_automata::{Anchored, Input};
+use rustc_hash::FxHashMap;
 
 /// cl100k's pre-tokenisation, as bpe-openai writes it: tiktoken's pattern with its negative
 /// look-ahead `\s+(?!\S)` rewritten as pattern 2, which consumes one look-ahead character that
@@ -29,9 +30,37 @@ static PRETOKENIZER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new_many(&PATTERNS).expect("the cl100k pre-tokenisation regex is valid")
 });
 
+/// Pre-token pieces up to this many bytes have their counts remembered per thread. Words recur
+/// within a document and across documents, and text-splitter sizes overlapping candidates many
+/// times while it looks for each chunk's end, so most pieces are then counted by one hash lookup
+/// instead of a BPE encoding (which was half of the chunk stage's CPU). Longer pieces — runs
+/// without spaces, long numbers of symbols — are rare and are encoded with an early stop instead.
+const REMEMBERED_PIECE_BYTES: usize = 24;
+/// Pieces remembered per thread before the memory starts over: a few MB at most.
+const REMEMBERED_PIECES: usize = 1 << 16;
+
 thread_local! {
     /// This thread's search cache for [`PRETOKENIZER`]: no pool, so no contention.
     static CACHE: RefCell<Option<Cache>> = const { RefCell::new(None) };
+    /// This thread's counts of short pieces (see [`REMEMBERED_PIECE_BYTES`]).
+    static PIECE_COUNTS: RefCell<FxHashMap<Box<[u8]>, u32>> = RefCell::new(FxHashMap::default());
+}
+
+/// The cl100k count of one short pre-token piece, remembered.
+fn remembered_count(
+    counts: &mut FxHashMap<Box<[u8]>, u32>,
+    bpe: &BytePairEncoding,
+    piece: &[u8],
+) -> usize {
+    if let Some(&n) = counts.get(piece) {
+        return n as usize;
+    }
+    let n = bpe.count(piece);
+    if counts.len() >= REMEMBERED_PIECES {
+        counts.clear();
+    }
+    counts.insert(piece.into(), n as u32);
+    n
 }
 
 /// The cl100k tokenizer (OpenAI's embedding models; a close proxy for Voyage's). Free to copy and
@@ -47,9 +76,16 @@ impl Cl100k {
     /// Number of cl100k tokens in `text`, exactly as tiktoken's `encode_ordinary(text).len()`.
     pub fn count(&self, text: &str) -> usize {
         let bpe = Self::bpe();
-        for_each_piece(text, |piece, total: &mut usize| {
-            *total += bpe.count(piece.as_bytes());
-            true
+        PIECE_COUNTS.with_borrow_mut(|counts| {
+            for_each_piece(text, |piece, total: &mut usize| {
+                let piece = piece.as_bytes();
+                *total += if piece.len() <= REMEMBERED_PIECE_BYTES {
+                    remembered_count(counts, bpe, piece)
+                } else {
+                    bpe.count(piece)
+                };
+                true
+            })
         })
     }
 
@@ -58,17 +94,26 @@ impl Cl100k {
     /// is too big, not by how much.
     pub fn count_up_to(&self, text: &str, limit: usize) -> usize {
         let bpe = Self::bpe();
-        for_each_piece(text, |piece, total: &mut usize| {
-            match bpe.count_till_limit(piece.as_bytes(), limit - *total) {
-                Some(n) => {
-                    *total += n;
-                    true
+        PIECE_COUNTS.with_borrow_mut(|counts| {
+            for_each_piece(text, |piece, total: &mut usize| {
+                let piece = piece.as_bytes();
+                let left = limit - *total;
+                let n = if piece.len() <= REMEMBERED_PIECE_BYTES {
+                    Some(remembered_count(counts, bpe, piece)).filter(|n| *n <= left)
+                } else {
+                    bpe.count_till_limit(piece, left)
+                };
+                match n {
+                    Some(n) => {
+                        *total += n;
+                        true
+                    }
+                    None => {
+                        *total = limit;
+                        false
+                    }
                 }
-                None => {
-                    *total = limit;
-                    false
-                }
-            }
+            })
         })
     }
 }
@@ -141,6 +186,19 @@ mod tests {
         assert_eq!(tok.count_up_to(&text, 5000), full);
         assert_eq!(tok.count_up_to(&text, 100), 100);
         assert_eq!(tok.count_up_to(&text, 0), 0);
+    }
+
+    #[test]
+    fn remembered_counts_stay_exact_when_the_memory_starts_over() {
+        // More distinct short pieces than a thread remembers, counted cold and then warm.
+        let text: String = (0..REMEMBERED_PIECES + 5000)
+            .map(|i| format!(" zq{i}x."))
+            .collect();
+        let reference = bpe_openai::cl100k_base().count(&text);
+        assert_eq!(Cl100k.count(&text), reference);
+        assert_eq!(Cl100k.count(&text), reference);
+        assert_eq!(Cl100k.count_up_to(&text, 7), 7);
+        assert_eq!(Cl100k.count_up_to(&text, reference + 1), reference);
     }
 
     #[test]

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 /// requests of a window are spread over it rather than fired in its first second.
 const BURST_DIVISOR: f64 = 6.0;
 
-/// The log keeps admissions for the window plus this fraction of it. Our clock starts when we
-/// send a request, the provider's when it arrives; a request that spent longer in transit than
-/// the one admitted a window later would still be in the provider's window after leaving ours.
-/// 1/40 of a minute (1.5 s) is far more than any transit time, and costs at most 2.5% of the
-/// limit, and only while the log rather than the bucket is what holds requests back.
-const WINDOW_SLACK_DIVISOR: u32 = 40;
+/// The log keeps admissions for the window plus this fraction of it (the fleet budget stretches
+/// its refill by the same). Our clock starts when we admit a request, the provider's when it
+/// arrives; a request that spent longer in transit than the one admitted a window later would
+/// still be in the provider's window after leaving ours. 1/120 of a minute (0.5 s) is more than
+/// a request spends between admission and arrival, even one that opens a TLS connection, and
+/// costs 0.8% of the limit, only while the log rather than the bucket holds requests back. (It
+/// was 1/40: 2.5% of the limit, most of the gap between a worker at its limit and the limit.)
+pub(crate) const WINDOW_SLACK_DIVISOR: u32 = 120;
 
 /// A rate limit of `limit` units (tokens or requests) per `window`.
 #[derive(Debug)]
