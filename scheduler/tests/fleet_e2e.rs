@@ -60,10 +60,20 @@ async fn three_workers_index_a_generated_corpus_exactly_once() {
             c.get(&DocStatus::Indexed) == Some(&(DOCUMENTS as i64))
         })
         .await;
+    let mut logs = String::new();
     for worker in workers {
         let (code, stderr) = stop(worker, Duration::from_secs(20));
         assert_eq!(code, 0, "worker exit status; stderr:\n{stderr}");
+        logs.push_str(&stderr);
     }
+    // What the workers said about one document, for a failure message.
+    let said_about = |doc_id: &str| -> String {
+        let file = doc_id.rsplit('/').next().unwrap_or(doc_id);
+        logs.lines()
+            .filter(|line| line.contains(file))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
 
     // Exact: each document's points are exactly its committed version's chunks.
     let metadata = fleet.metadata().await;
@@ -82,7 +92,14 @@ async fn three_workers_index_a_generated_corpus_exactly_once() {
     assert_eq!(per_doc.len(), DOCUMENTS, "every document has points");
     let mut expected_chunks = 0;
     for record in &records {
-        assert_eq!(record.attempts, 1, "{} was processed once", record.doc_id);
+        assert_eq!(
+            record.attempts,
+            1,
+            "{} was processed once (last error: {:?}); the workers logged:\n{}",
+            record.doc_id,
+            record.last_error,
+            said_about(&record.doc_id)
+        );
         let versions = &per_doc[record.doc_id.as_str()];
         assert!(
             versions.iter().all(|v| *v == record.current_version),
