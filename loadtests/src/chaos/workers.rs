@@ -154,6 +154,21 @@ fn socket_inode(local: std::net::SocketAddr) -> Option<u64> {
     })
 }
 
+/// The last non-empty line of a worker's log, shortened to a line of the event list.
+fn last_line(path: &std::path::Path) -> String {
+    const MAX: usize = 400;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no log)");
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,16 +184,5 @@ mod tests {
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == needle));
         assert!(ours, "the inode belongs to this process");
-    }
-}
-
-/// The last non-empty line of a worker's log, shortened to a line of the event list.
-fn last_line(path: &std::path::Path) -> String {
-    const MAX: usize = 400;
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no log)");
-    match line.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_string(),
     }
 }

@@ -75,18 +75,7 @@ impl Cl100k {
 
     /// Number of cl100k tokens in `text`, exactly as tiktoken's `encode_ordinary(text).len()`.
     pub fn count(&self, text: &str) -> usize {
-        let bpe = Self::bpe();
-        PIECE_COUNTS.with_borrow_mut(|counts| {
-            for_each_piece(text, |piece, total: &mut usize| {
-                let piece = piece.as_bytes();
-                *total += if piece.len() <= REMEMBERED_PIECE_BYTES {
-                    remembered_count(counts, bpe, piece)
-                } else {
-                    bpe.count(piece)
-                };
-                true
-            })
-        })
+        self.count_up_to(text, usize::MAX)
     }
 
     /// `min(count(text), limit)`, in time proportional to `limit` tokens' worth of text rather

@@ -286,7 +286,10 @@ impl EdgeCollection {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .applying += 1;
-        let applied = self.shard.write().map(|shard| f(&shard).map_err(edge_error));
+        let applied = self
+            .shard
+            .write()
+            .map(|shard| f(&shard).map_err(edge_error));
         let seq = {
             let mut state = self.flushes.lock().unwrap_or_else(PoisonError::into_inner);
             state.applying -= 1;
