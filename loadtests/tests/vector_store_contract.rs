@@ -560,6 +560,34 @@ mod cases {
         missing(store.scroll_points("ghost", None, 10).await.map(drop));
     }
 
+    /// Workers that meet a new collection at the same moment (a fleet's first documents) each
+    /// create it, make its indexes and write at once: every one of them must succeed the first
+    /// time, or a healthy fleet's first jobs are retried.
+    pub async fn concurrent_creators_all_succeed_at_once(store: &dyn VectorStore) {
+        for round in 0..10 {
+            let name = format!("race-{round}");
+            let writers = (0..3).map(|w| {
+                let name = name.clone();
+                async move {
+                    store.ensure_collection(&hybrid(&name)).await?;
+                    store
+                        .upsert(&name, doc_points(&format!("doc-{w}"), 1, 3, w))
+                        .await
+                }
+            });
+            for (w, result) in futures::future::join_all(writers)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                if let Err(e) = result {
+                    panic!("round {round}, writer {w}: {e}");
+                }
+            }
+            assert_eq!(store.count(&name, None).await.unwrap(), 9);
+        }
+    }
+
     pub async fn large_upsert_is_batched(store: &dyn VectorStore) {
         store.ensure_collection(&hybrid("c")).await.unwrap();
         let points: Vec<Point> = (0..1_000u32)
@@ -619,6 +647,7 @@ contract!(
     tenant_filter_restricts_results,
     missing_collection_errors,
     large_upsert_is_batched,
+    concurrent_creators_all_succeed_at_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
