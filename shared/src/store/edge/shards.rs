@@ -173,6 +173,8 @@ pub struct EdgeCollection {
     written_since_optimize: AtomicU64,
     flushes: Mutex<FlushState>,
     flushed: Condvar,
+    /// Wakes a flush that is gathering (only that one waits on it) when a writer has applied.
+    applied: Condvar,
 }
 
 /// Longest a flush waits for queued writers to apply theirs before it starts.
@@ -197,6 +199,7 @@ impl EdgeCollection {
             written_since_optimize: AtomicU64::new(0),
             flushes: Mutex::new(FlushState::default()),
             flushed: Condvar::new(),
+            applied: Condvar::new(),
         }
     }
 
@@ -294,7 +297,7 @@ impl EdgeCollection {
             let mut state = self.flushes.lock().unwrap_or_else(PoisonError::into_inner);
             state.applying -= 1;
             state.applied += 1;
-            self.flushed.notify_all();
+            self.applied.notify_all();
             state.applied
         };
         let result = applied.map_err(|_| self.poisoned())?;
@@ -319,7 +322,7 @@ impl EdgeCollection {
             }
             state.flushing = true;
             state = self
-                .flushed
+                .applied
                 .wait_timeout_while(state, FLUSH_GATHER, |s| s.applying > 0)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
