@@ -10,6 +10,7 @@ mod tokenizer;
 use text_splitter::{ChunkCharIndex, ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 
 pub use tokenizer::Cl100k;
+use tokenizer::PieceTable;
 
 use crate::model::{Chunk, ExtractedDoc};
 
@@ -36,17 +37,18 @@ pub const MAX_PIECE_BYTES: usize = 32 * 1024;
 /// because text-splitter rescans such a run word- and sentence-wise for every chunk.
 const RUN_PIECE_BYTES: usize = 8 * 1024;
 
-/// text-splitter's sizer: cl100k counts, capped. The splitter only compares a candidate's size
-/// with the capacity (and, probing ahead, with 1.25 × capacity), so counting a candidate far
-/// larger than a chunk past twice the capacity is wasted work.
-#[derive(Debug, Clone, Copy)]
-struct CappedCl100k {
+/// text-splitter's sizer: cl100k counts of slices of one piece, from that piece's table, capped.
+/// The splitter only compares a candidate's size with the capacity (and, probing ahead, with
+/// 1.25 × capacity), so counting a candidate far larger than a chunk past twice the capacity is
+/// wasted work.
+struct TableSizer<'t> {
+    table: &'t PieceTable<'t>,
     cap: usize,
 }
 
-impl ChunkSizer for CappedCl100k {
+impl ChunkSizer for TableSizer<'_> {
     fn size(&self, chunk: &str) -> usize {
-        Cl100k.count_up_to(chunk, self.cap)
+        self.table.count_up_to(chunk, self.cap)
     }
 }
 
@@ -54,8 +56,6 @@ pub struct Chunker {
     max_tokens: usize,
     overlap_tokens: usize,
     max_chunks: usize,
-    text: TextSplitter<CappedCl100k>,
-    markdown: MarkdownSplitter<CappedCl100k>,
 }
 
 impl Chunker {
@@ -63,22 +63,44 @@ impl Chunker {
     pub const DEFAULT_MAX_CHUNKS: usize = 50_000;
 
     pub fn new(max_tokens: usize, overlap_tokens: usize) -> Result<Self, ChunkError> {
-        let sizer = CappedCl100k {
-            cap: max_tokens.saturating_mul(2).saturating_add(2),
-        };
-        let config = || {
-            ChunkConfig::new(max_tokens)
-                .with_overlap(overlap_tokens)
-                .map(|c| c.with_sizer(sizer))
-                .map_err(|e| ChunkError::Settings(e.to_string()))
-        };
+        ChunkConfig::new(max_tokens)
+            .with_overlap(overlap_tokens)
+            .map_err(|e| ChunkError::Settings(e.to_string()))?;
         Ok(Chunker {
             max_tokens,
             overlap_tokens,
             max_chunks: Self::DEFAULT_MAX_CHUNKS,
-            text: TextSplitter::new(config()?),
-            markdown: MarkdownSplitter::new(config()?),
         })
+    }
+
+    /// text-splitter's chunks of one piece (at most [`MAX_PIECE_BYTES`], so at most a few dozen),
+    /// each with its token count; the splitter is made per piece around the piece's table.
+    fn split_piece<'a>(&self, piece: &'a str, markdown: bool) -> Vec<(ChunkCharIndex<'a>, usize)> {
+        let table = PieceTable::new(piece);
+        let sizer = TableSizer {
+            table: &table,
+            cap: self.max_tokens.saturating_mul(2).saturating_add(2),
+        };
+        let config = ChunkConfig::new(self.max_tokens)
+            .with_sizer(sizer)
+            .with_overlap(self.overlap_tokens)
+            .expect("Chunker::new checked the overlap against the capacity");
+        let chunks: Vec<ChunkCharIndex<'a>> = if markdown {
+            MarkdownSplitter::new(config)
+                .chunk_char_indices(piece)
+                .collect()
+        } else {
+            TextSplitter::new(config)
+                .chunk_char_indices(piece)
+                .collect()
+        };
+        chunks
+            .into_iter()
+            .map(|chunk| {
+                let tokens = table.count_up_to(chunk.chunk, usize::MAX);
+                (chunk, tokens)
+            })
+            .collect()
     }
 
     /// Fail a document that makes more than `max_chunks` chunks ([`ChunkError::TooManyChunks`]).
@@ -116,16 +138,13 @@ impl Chunker {
             .iter()
             .flat_map(move |section| {
                 pieces(&section.text).flat_map(move |(piece_chars, piece)| {
-                    let chunks: Box<dyn Iterator<Item = ChunkCharIndex<'a>> + 'a> = if markdown {
-                        Box::new(self.markdown.chunk_char_indices(piece))
-                    } else {
-                        Box::new(self.text.chunk_char_indices(piece))
-                    };
-                    chunks.map(move |chunk| (section.page, piece_chars, chunk))
+                    self.split_piece(piece, markdown)
+                        .into_iter()
+                        .map(move |chunk| (section.page, piece_chars, chunk))
                 })
             })
             .enumerate()
-            .map_while(move |(index, (page, piece_chars, piece))| {
+            .map_while(move |(index, (page, piece_chars, (piece, tokens)))| {
                 if index > limit {
                     return None;
                 }
@@ -139,7 +158,7 @@ impl Chunker {
                     text: piece.chunk.to_string(),
                     char_range: start..start + len,
                     page,
-                    tokens: Cl100k.count(piece.chunk) as u32,
+                    tokens: tokens as u32,
                 }))
             })
     }

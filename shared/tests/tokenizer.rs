@@ -155,6 +155,7 @@ fn chunks_equal_the_tiktoken_chunker_for_sections_within_one_piece() {
     };
     let old_text = TextSplitter::new(config());
     let old_markdown = MarkdownSplitter::new(config());
+    let tiktoken = tiktoken_rs::cl100k_base().unwrap();
     let chunker = Chunker::new(max, overlap).unwrap();
     let mut compared = 0;
     for (name, text) in corpus() {
@@ -169,23 +170,25 @@ fn chunks_equal_the_tiktoken_chunker_for_sections_within_one_piece() {
                     page: None,
                 }],
             };
-            let new: Vec<(usize, String)> = chunker
+            // The chunker sizes candidates from one table per piece; each chunk's token count too.
+            let new: Vec<(usize, String, usize)> = chunker
                 .chunks(&doc)
                 .map(|c| {
                     let c = c.unwrap();
-                    (c.char_range.start, c.text)
+                    (c.char_range.start, c.text, c.tokens as usize)
                 })
                 .collect();
-            let old: Vec<(usize, String)> = if format == DocFormat::Markdown {
+            let with_tokens = |c: text_splitter::ChunkCharIndex| {
+                let tokens = tiktoken.encode_ordinary(c.chunk).len();
+                (c.char_offset, c.chunk.to_string(), tokens)
+            };
+            let old: Vec<(usize, String, usize)> = if format == DocFormat::Markdown {
                 old_markdown
                     .chunk_char_indices(text)
-                    .map(|c| (c.char_offset, c.chunk.to_string()))
+                    .map(with_tokens)
                     .collect()
             } else {
-                old_text
-                    .chunk_char_indices(text)
-                    .map(|c| (c.char_offset, c.chunk.to_string()))
-                    .collect()
+                old_text.chunk_char_indices(text).map(with_tokens).collect()
             };
             assert_eq!(new, old, "{name} as {format:?}");
             compared += new.len();

@@ -82,37 +82,141 @@ impl Cl100k {
     /// than to `text` when `text` is much larger: the chunker only needs to know that a candidate
     /// is too big, not by how much.
     pub fn count_up_to(&self, text: &str, limit: usize) -> usize {
-        let bpe = Self::bpe();
         PIECE_COUNTS.with_borrow_mut(|counts| {
-            for_each_piece(text, |piece, total: &mut usize| {
-                let piece = piece.as_bytes();
-                let left = limit - *total;
-                let n = if piece.len() <= REMEMBERED_PIECE_BYTES {
-                    Some(remembered_count(counts, bpe, piece)).filter(|n| *n <= left)
-                } else {
-                    bpe.count_till_limit(piece, left)
-                };
-                match n {
-                    Some(n) => {
-                        *total += n;
-                        true
-                    }
-                    None => {
-                        *total = limit;
-                        false
-                    }
-                }
-            })
+            let mut total = 0;
+            for_each_piece(text, |piece| add_piece(counts, piece, &mut total, limit));
+            total
         })
     }
 }
 
-/// Fold over the pre-token pieces of `text` with this thread's cache; `f` returns whether to go on.
-fn for_each_piece(text: &str, mut f: impl FnMut(&str, &mut usize) -> bool) -> usize {
+/// Add `piece`'s count to `total`, capped at `limit`; whether there is room for more.
+fn add_piece(
+    counts: &mut FxHashMap<Box<[u8]>, u32>,
+    piece: &str,
+    total: &mut usize,
+    limit: usize,
+) -> bool {
+    let bpe = Cl100k::bpe();
+    let piece = piece.as_bytes();
+    let left = limit.saturating_sub(*total);
+    let n = if piece.len() <= REMEMBERED_PIECE_BYTES {
+        Some(remembered_count(counts, bpe, piece)).filter(|n| *n <= left)
+    } else {
+        bpe.count_till_limit(piece, left)
+    };
+    match n {
+        Some(n) => {
+            *total += n;
+            true
+        }
+        None => {
+            *total = limit;
+            false
+        }
+    }
+}
+
+/// The pre-token pieces of one text and their running token counts, so that any slice of that
+/// text is counted from the table instead of pre-tokenised and encoded again: text-splitter sizes
+/// many overlapping candidates for every chunk it makes, all slices of the text it was given.
+///
+/// Counts stay exact. Pre-tokenisation has no look-behind, so a slice that starts where a piece
+/// of the whole text starts is cut into the same pieces as the whole text, up to where the end of
+/// the slice changes the cut: a piece ending at or before the slice's last non-whitespace
+/// character cannot be affected, because the only pattern that depends on the end of the input
+/// (`\s+$`) and the look-ahead of pattern 2 both see that character. So a slice is counted as:
+/// its first pieces cut on their own until one ends where a piece of the table ends, the table's
+/// pieces from there up to the last one ending by its last non-whitespace character, and the rest
+/// cut on its own — a piece or two each side instead of the whole candidate.
+pub struct PieceTable<'t> {
+    text: &'t str,
+    /// Byte offsets where the table's pieces end, ascending (the first piece starts at 0).
+    ends: Vec<usize>,
+    /// `tokens_through[k]`: tokens in pieces `0..=k`.
+    tokens_through: Vec<usize>,
+}
+
+impl<'t> PieceTable<'t> {
+    pub fn new(text: &'t str) -> Self {
+        let mut ends = Vec::new();
+        let mut tokens_through = Vec::new();
+        PIECE_COUNTS.with_borrow_mut(|counts| {
+            let mut total = 0;
+            for_each_piece(text, |piece| {
+                add_piece(counts, piece, &mut total, usize::MAX);
+                ends.push(offset_in(text, piece) + piece.len());
+                tokens_through.push(total);
+                true
+            });
+        });
+        PieceTable {
+            text,
+            ends,
+            tokens_through,
+        }
+    }
+
+    /// [`Cl100k::count_up_to`] for `slice`; from the table when `slice` is part of its text.
+    pub fn count_up_to(&self, slice: &str, limit: usize) -> usize {
+        let Some(start) = slice_start(self.text, slice) else {
+            return Cl100k.count_up_to(slice, limit);
+        };
+        let content_end = start + slice.trim_end().len();
+        PIECE_COUNTS.with_borrow_mut(|counts| {
+            let mut total = 0;
+            let mut resumed_at = None;
+            // Both this and `\s` are Unicode's White_Space, so `content_end` is the end of the
+            // slice's last non-whitespace piece.
+            for_each_piece(slice, |piece| {
+                if !add_piece(counts, piece, &mut total, limit) {
+                    return false;
+                }
+                let end = start + offset_in(slice, piece) + piece.len();
+                if end <= content_end && self.piece_ending_at(end).is_some() {
+                    resumed_at = Some(end);
+                    return false;
+                }
+                true
+            });
+            let Some(resumed_at) = resumed_at else {
+                return total;
+            };
+            let from = self.piece_ending_at(resumed_at).unwrap_or(0);
+            // The last table piece ending by `content_end` (there is one: `resumed_at`).
+            let to = self.ends.partition_point(|&e| e <= content_end) - 1;
+            total += self.tokens_through[to] - self.tokens_through[from];
+            if total >= limit {
+                return limit;
+            }
+            let tail = &self.text[self.ends[to]..start + slice.len()];
+            for_each_piece(tail, |piece| add_piece(counts, piece, &mut total, limit));
+            total
+        })
+    }
+
+    /// Index of the table piece that ends at byte `end`, if one does.
+    fn piece_ending_at(&self, end: usize) -> Option<usize> {
+        self.ends.binary_search(&end).ok()
+    }
+}
+
+/// Byte offset of `part` in `whole`, which it is a slice of.
+fn offset_in(whole: &str, part: &str) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+/// Byte offset of `slice` in `text` if `slice` lies within `text`'s bytes.
+fn slice_start(text: &str, slice: &str) -> Option<usize> {
+    let start = (slice.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    (start + slice.len() <= text.len()).then_some(start)
+}
+
+/// Call `f` with each pre-token piece of `text` (slices of it, in order) while it returns true.
+fn for_each_piece(text: &str, mut f: impl FnMut(&str) -> bool) {
     let regex = &*PRETOKENIZER;
     CACHE.with_borrow_mut(|cache| {
         let cache = cache.get_or_insert_with(|| regex.create_cache());
-        let mut total = 0;
         let mut last = 0;
         while last < text.len() {
             let input = Input::new(&text[last..]).anchored(Anchored::Yes);
@@ -133,11 +237,10 @@ fn for_each_piece(text: &str, mut f: impl FnMut(&str, &mut usize) -> bool) -> us
                 break;
             }
             last = end;
-            if !f(&text[start..end], &mut total) {
+            if !f(&text[start..end]) {
                 break;
             }
         }
-        total
     })
 }
 
@@ -188,6 +291,49 @@ mod tests {
         assert_eq!(Cl100k.count(&text), reference);
         assert_eq!(Cl100k.count_up_to(&text, 7), 7);
         assert_eq!(Cl100k.count_up_to(&text, reference + 1), reference);
+    }
+
+    /// Every slice of `text` between char boundaries `step` apart, counted from the table and on
+    /// its own, with and without a cap.
+    fn assert_table_counts_every_slice(text: &str, step: usize) {
+        let table = PieceTable::new(text);
+        let bounds: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .step_by(step)
+            .chain([text.len()])
+            .collect();
+        for &start in &bounds {
+            for &end in bounds.iter().filter(|&&e| e >= start) {
+                let slice = &text[start..end];
+                let expected = Cl100k.count(slice);
+                assert_eq!(table.count_up_to(slice, usize::MAX), expected, "{slice:?}");
+                let cap = expected / 2;
+                assert_eq!(
+                    table.count_up_to(slice, cap),
+                    cap,
+                    "{slice:?} capped at {cap}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn table_counts_equal_counting_each_slice_alone() {
+        // Slices that start inside a piece, end inside one, end in whitespace runs (the only
+        // place the end of the input changes the cut), cross newlines, contractions, digits.
+        let text = "Hello, world!  It's 12345678 o'clock;\n\n  \tindented  \r\n\
+                    don'T  ünïcödé 世界 🦀🦀 --->  [x](y)\u{a0}\u{a0} \u{3000}a\u{85}\n   \n end.   ";
+        assert_table_counts_every_slice(text, 1);
+        let long = "word, another word.\n\n- item one\n- item two  \n".repeat(12);
+        assert_table_counts_every_slice(&long, 5);
+    }
+
+    #[test]
+    fn table_counts_slices_of_other_text_on_their_own() {
+        let table = PieceTable::new("some text");
+        let other = String::from("other text, not in the table");
+        assert_eq!(table.count_up_to(&other, usize::MAX), Cl100k.count(&other));
+        assert_eq!(table.count_up_to("", usize::MAX), 0);
     }
 
     #[test]
