@@ -103,11 +103,42 @@ struct EmbeddingsRequest<'a> {
 }
 
 /// A vector as `encoding_format` asked for it, or as numbers from a server that ignores it.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum EmbeddingData {
     Float(Vec<f32>),
     Base64(String),
+}
+
+/// By the JSON type seen, not `#[serde(untagged)]`: that buffers each vector and tries the
+/// variants in turn, and the failed try formats an error quoting the whole base64 string, which
+/// was most of the embed client's CPU.
+impl<'de> Deserialize<'de> for EmbeddingData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = EmbeddingData;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of numbers or a base64 string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EmbeddingData, E> {
+                Ok(EmbeddingData::Base64(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<EmbeddingData, E> {
+                Ok(EmbeddingData::Base64(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EmbeddingData, A::Error> {
+                let mut vector = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(x) = seq.next_element::<f32>()? {
+                    vector.push(x);
+                }
+                Ok(EmbeddingData::Float(vector))
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
 }
 
 /// Decodes a base64 `embedding`: little-endian f32s.
@@ -277,6 +308,15 @@ mod tests {
             EmbeddingData::Float(v) if v == &vec![0.5, -1.0]
         ));
         assert_eq!(EncodingFormat::default(), EncodingFormat::Base64);
+        let body = r#"{"data":[{"embedding":"AADAPw==","index":0}],"usage":{"total_tokens":3}}"#;
+        let parsed: EmbeddingsResponse = serde_json::from_str(body).unwrap();
+        assert!(matches!(&parsed.data[0].embedding, EmbeddingData::Base64(s) if s == "AADAPw=="));
+        let body = r#"{"data":[{"embedding":{"x":1},"index":0}],"usage":{"total_tokens":3}}"#;
+        let error = serde_json::from_str::<EmbeddingsResponse>(body).unwrap_err();
+        assert!(
+            error.to_string().contains("an array of numbers or a base64 string"),
+            "{error}"
+        );
     }
 
     #[test]
