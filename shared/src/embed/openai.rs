@@ -314,7 +314,9 @@ mod tests {
         let body = r#"{"data":[{"embedding":{"x":1},"index":0}],"usage":{"total_tokens":3}}"#;
         let error = serde_json::from_str::<EmbeddingsResponse>(body).unwrap_err();
         assert!(
-            error.to_string().contains("an array of numbers or a base64 string"),
+            error
+                .to_string()
+                .contains("an array of numbers or a base64 string"),
             "{error}"
         );
     }
