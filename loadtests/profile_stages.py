@@ -26,7 +26,7 @@ STAGES = [
     # BM25 vectors are qdrant-edge's inference (tokenise, stem, hash) called from embed::bm25;
     # its tokenizer lives under qdrant-edge's segment module, which the store pattern would take.
     ("BM25", r"embed::bm25|bm25_embed|EdgeBm25|qdrant_rust_stemmers|full_text_index::tokenizers"),
-    ("embed client", r"sluice_shared::embed|reqwest|hyper|h2::|rustls|aws_lc|ring::"),
+    ("embed client", r"sluice_shared::embed|reqwest|hyper|\bh2::|rustls|aws_lc|\bring::"),
     ("store (qdrant-edge)", r"sluice_shared::store|qdrant_edge|segment::|shard::|sparse::|gridstore|wal::|memmap|bitvec|rocksdb"),
     ("metadata (SQLite)", r"sluice_shared::metadata|sqlx|sqlite3|libsqlite3"),
     ("read + hash", r"sluice_shared::source|object_store|sha2|walkdir"),
