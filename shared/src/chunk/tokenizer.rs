@@ -162,28 +162,26 @@ impl<'t> PieceTable<'t> {
         let Some(start) = slice_start(self.text, slice) else {
             return Cl100k.count_up_to(slice, limit);
         };
+        // `trim_end` and the pre-tokeniser's `\s` both mean Unicode's White_Space.
         let content_end = start + slice.trim_end().len();
         PIECE_COUNTS.with_borrow_mut(|counts| {
             let mut total = 0;
-            let mut resumed_at = None;
-            // Both this and `\s` are Unicode's White_Space, so `content_end` is the end of the
-            // slice's last non-whitespace piece.
+            // The table piece where the slice's own pieces first end together with the table's.
+            let mut resumed = None;
             for_each_piece(slice, |piece| {
                 if !add_piece(counts, piece, &mut total, limit) {
                     return false;
                 }
                 let end = start + offset_in(slice, piece) + piece.len();
-                if end <= content_end && self.piece_ending_at(end).is_some() {
-                    resumed_at = Some(end);
-                    return false;
+                if end <= content_end {
+                    resumed = self.ends.binary_search(&end).ok();
                 }
-                true
+                resumed.is_none()
             });
-            let Some(resumed_at) = resumed_at else {
+            let Some(from) = resumed else {
                 return total;
             };
-            let from = self.piece_ending_at(resumed_at).unwrap_or(0);
-            // The last table piece ending by `content_end` (there is one: `resumed_at`).
+            // The last table piece ending by `content_end` (there is one: `from`).
             let to = self.ends.partition_point(|&e| e <= content_end) - 1;
             total += self.tokens_through[to] - self.tokens_through[from];
             if total >= limit {
@@ -193,11 +191,6 @@ impl<'t> PieceTable<'t> {
             for_each_piece(tail, |piece| add_piece(counts, piece, &mut total, limit));
             total
         })
-    }
-
-    /// Index of the table piece that ends at byte `end`, if one does.
-    fn piece_ending_at(&self, end: usize) -> Option<usize> {
-        self.ends.binary_search(&end).ok()
     }
 }
 
