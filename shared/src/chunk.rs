@@ -73,8 +73,8 @@ impl Chunker {
         })
     }
 
-    /// text-splitter's chunks of one piece (at most [`MAX_PIECE_BYTES`], so at most a few dozen),
-    /// each with its token count; the splitter is made per piece around the piece's table.
+    /// text-splitter's chunks of one piece (at most [`MAX_PIECE_BYTES`] of text, so a bounded
+    /// number), each with its token count; the splitter is made per piece around its table.
     fn split_piece<'a>(&self, piece: &'a str, markdown: bool) -> Vec<(ChunkCharIndex<'a>, usize)> {
         let table = PieceTable::new(piece);
         let sizer = TableSizer {
