@@ -3,6 +3,8 @@
 
 Usage: driver.py run [--engines pdf-extract,pdf_oxide,lopdf] [--timeout 300] [--mem-gib 2]
                      [--repeat 1] --out runs.jsonl FILE_OR_DIR...
+       (engine `sluice:ENGINE`: sluice's own PDF child, `$SLUICE_BIN __extract-pdf`, started at
+        ENGINE = auto | pdf_oxide | pdf-extract, with its rlimits off; no pdfcmp build needed)
        driver.py report --out analysed.jsonl runs.jsonl...
 
 Per run: CPU time (user+sys of the child, from wait4 rusage), wall time, exit status, the
@@ -18,10 +20,12 @@ Fidelity against `pdftotext FILE -` (poppler, reading-order mode, no -layout):
   * order     = multiset overlap of consecutive word pairs (bigrams) / reference bigram count,
     over the whole document (pages concatenated in page order).
 """
-import argparse, collections, json, os, re, resource, signal, subprocess, sys, time, unicodedata
+import argparse, collections, json, os, re, resource, shutil, signal, subprocess, sys, threading
+import time, unicodedata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "target", "release", "pdfcmp")
+SLUICE_BIN = os.environ.get("SLUICE_BIN", "sluice")
 REF_DIR = os.path.join(HERE, "corpus", "ref")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -93,7 +97,19 @@ def run(engine, path, timeout, mem_bytes):
     floor = self_rss_mib()
     with open(out_path, "wb") as so, open(err_path, "wb") as se:
         t0 = time.time()
-        p = subprocess.Popen([BIN, engine, path], stdout=so, stderr=se, preexec_fn=limits)
+        if engine.startswith("sluice:"):
+            # The child forbids itself to write files (RLIMIT_FSIZE 0): it talks through pipes.
+            env = {"SLUICE_PDF_CHILD_ENGINE": engine.split(":", 1)[1]}
+            p = subprocess.Popen([SLUICE_BIN, "__extract-pdf"], stdin=open(path, "rb"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=limits, env=env)
+            copiers = [threading.Thread(target=shutil.copyfileobj, args=pair)
+                       for pair in ((p.stdout, so), (p.stderr, se))]
+            for copier in copiers:
+                copier.start()
+        else:
+            p = subprocess.Popen([BIN, engine, path], stdout=so, stderr=se, preexec_fn=limits)
+            copiers = []
         timed_out = False
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -107,6 +123,8 @@ def run(engine, path, timeout, mem_bytes):
             time.sleep(0.005)
         p.returncode = 0  # reaped by wait4 already; stop Popen from waiting again
         wall = time.time() - t0
+        for copier in copiers:
+            copier.join()
     return {
         "engine": engine, "file": os.path.basename(path), "path": path,
         "bytes": os.path.getsize(path), "reply": out_path,
@@ -117,6 +135,18 @@ def run(engine, path, timeout, mem_bytes):
     }
 
 
+def from_sluice_child(reply):
+    """sluice's child reply (`{"status": "ok", "doc": ..., "failed_pages": ...}`) in pdfcmp's shape."""
+    if reply["status"] != "ok":
+        return {"error": reply.get("detail") or reply["status"], "panicked": False, "pages": 0,
+                "failed_pages": [], "chars": 0, "title": None, "text_per_page": []}
+    sections = reply["doc"]["sections"]
+    return {"error": None, "panicked": False, "pages": len(sections) + len(reply["failed_pages"]),
+            "failed_pages": reply["failed_pages"], "title": reply["doc"].get("title"),
+            "chars": sum(len(s["text"]) for s in sections),
+            "text_per_page": [[s.get("page"), s["text"]] for s in sections]}
+
+
 def analyse(rec):
     """Parse the child's reply and add outcome and fidelity to a run record."""
     reply = None
@@ -125,6 +155,8 @@ def analyse(rec):
             reply = json.load(f)
     except (OSError, ValueError):
         pass
+    if reply is not None and "status" in reply:
+        reply = from_sluice_child(reply)
     tail = open(rec["reply"] + ".stderr", errors="replace").read()[-400:]
     ref_text, ref_info = reference(rec["path"])
     rec["ref"] = ref_info

@@ -22,6 +22,6 @@ done
 p=$(ls ~/.cargo/registry/src/*/zlib-rs-*/src/deflate/test-data/paper-100k.pdf 2>/dev/null | head -1)
 [ -n "$p" ] && cp "$p" hostile/paper-100k-truncated.pdf
 # sluice's failure fixtures.
-cp ../../shared/tests/fixtures/truncated.pdf ../../shared/tests/fixtures/inflate-bomb.pdf \
-   ../../shared/tests/fixtures/not-a-pdf.pdf ../../shared/tests/fixtures/multipage.pdf \
-   ../../shared/tests/fixtures/html-named.pdf hostile/
+cp ../../../shared/tests/fixtures/truncated.pdf ../../../shared/tests/fixtures/inflate-bomb.pdf \
+   ../../../shared/tests/fixtures/not-a-pdf.pdf ../../../shared/tests/fixtures/multipage.pdf \
+   ../../../shared/tests/fixtures/html-named.pdf hostile/

@@ -458,20 +458,43 @@ async fn example_corpus_extracts() {
     );
 }
 
-/// A document that crashes the child under the default engines (pdf_oxide overflowing its stack
-/// on absurd nesting) is read again by pdf-extract alone.
+/// A document that crashes the child in one parser (pdf_oxide overflows its stack on absurd
+/// nesting) is read again from the next parser on, each parser at most once.
 #[tokio::test]
-async fn a_document_that_crashes_the_first_engine_is_read_by_pdf_extract() {
-    let doc = extract::extract(
+async fn a_document_that_crashes_a_parser_is_read_by_the_next() {
+    for crashing in ["lopdf-content", "lopdf-content,pdf_oxide"] {
+        let doc = extract::extract(
+            "nested.pdf",
+            read(&fixtures().join("multipage.pdf")),
+            &faulty(&format!("abort-in:{crashing}"), Duration::from_secs(30)),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read after crashes in {crashing}: {e}"));
+        assert_eq!(doc.sections.len(), 3, "{crashing}");
+        assert!(
+            doc.sections.iter().all(|s| !s.text.is_empty()),
+            "{crashing}"
+        );
+    }
+    let err = extract::extract(
         "nested.pdf",
         read(&fixtures().join("multipage.pdf")),
-        &faulty("abort-in-auto", Duration::from_secs(30)),
+        &faulty(
+            "abort-in:lopdf-content,pdf_oxide,pdf-extract",
+            Duration::from_secs(30),
+        ),
         &CancellationToken::new(),
     )
     .await
-    .expect("read by pdf-extract after the crash");
-    assert_eq!(doc.sections.len(), 3);
-    assert!(doc.sections.iter().all(|s| !s.text.is_empty()));
+    .unwrap_err();
+    let ExtractError::Crashed { detail, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        detail.contains(&format!("{}pdf-extract", pdf::STARTING)),
+        "the last parser crashed last: {detail}"
+    );
 }
 
 /// The child sees none of the worker's environment (cloud keys, database URLs): only its limits.

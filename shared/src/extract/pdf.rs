@@ -11,12 +11,13 @@
 //!
 //! The child runs with a cleared environment, in its own process group, under address-space,
 //! CPU-time, open-file and file-size limits; at most `SLUICE_PDF_MAX_CHILDREN` run at once. It
-//! parses with pdf_oxide and falls back to pdf-extract ([`engines`]); a child that crashes is run
-//! once more with pdf-extract alone.
+//! tries a fast content-stream reader, pdf_oxide and pdf-extract in turn ([`engines`]); a child
+//! that crashes is run again from the parser after the one that crashed.
 //!
 //! Test-only fault injection: the environment variable [`FAULT_ENV`]
-//! (`SLUICE_PDF_CHILD_FAULT=abort|abort-in-auto|stack-overflow|hang|report-env|sigkill:<dir>`)
-//! makes the child abort (`abort-in-auto`: only with both engines, as a pdf_oxide crash would),
+//! (`SLUICE_PDF_CHILD_FAULT=abort|abort-in:<parser>|stack-overflow|hang|report-env|sigkill:<dir>`)
+//! makes the child abort (`abort-in:pdf_oxide`: as it starts that parser, as a crash in it would;
+//! a comma-separated list names several),
 //! overflow its stack by real recursion, sleep forever, report its environment's names, or mark
 //! `<dir>` and SIGKILL itself, after reading its input and before parsing. It exists so tests
 //! can prove the parent survives a parser that kills its process; never set it in production.
@@ -30,9 +31,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+mod content_lexer;
+mod content_text;
 mod engines;
+mod font_text;
 
-pub use engines::{ENGINE_ENV, Engine};
+pub use engines::{ENGINE_ENV, Engine, STARTING};
 
 use super::{ExtractError, ExtractSettings};
 use crate::model::ExtractedDoc;
@@ -133,18 +137,25 @@ pub fn child_main() -> ! {
 }
 
 fn child_run() -> io::Result<()> {
-    let mut reply_channel = take_stdout_for_reply()?;
+    let reply_channel = take_stdout_for_reply()?;
     let mut bytes = Vec::new();
     io::stdin().lock().read_to_end(&mut bytes)?;
     let engine = Engine::from_env();
     let reply = match std::env::var(FAULT_ENV) {
-        // A parser that crashes on this document, which the other engine reads.
-        Ok(fault) if fault == "abort-in-auto" && engine == Engine::PdfExtract => {
-            engines::parse(&bytes, engine)
-        }
+        // A parser that crashes on this document, which the next one reads.
+        Ok(fault) if fault.starts_with(ABORT_IN) => engines::parse(&bytes, engine, |parser| {
+            if fault[ABORT_IN.len()..]
+                .split(',')
+                .any(|name| name == parser.name())
+            {
+                std::process::abort();
+            }
+        }),
         Ok(fault) => inject_fault(&fault),
-        Err(_) => engines::parse(&bytes, engine),
+        Err(_) => engines::parse(&bytes, engine, |_| {}),
     };
+    // Buffered: serde_json writes each token on its own, a syscall apiece on a bare pipe.
+    let mut reply_channel = io::BufWriter::with_capacity(64 * 1024, reply_channel);
     serde_json::to_writer(&mut reply_channel, &reply).map_err(io::Error::other)?;
     reply_channel.flush()
 }
@@ -165,9 +176,13 @@ fn take_stdout_for_reply() -> io::Result<std::fs::File> {
     }
 }
 
+/// The fault that aborts the child as it starts any of the named parsers
+/// (`abort-in:lopdf-content,pdf_oxide`).
+const ABORT_IN: &str = "abort-in:";
+
 fn inject_fault(fault: &str) -> ChildReply {
     match fault {
-        "abort" | "abort-in-auto" => std::process::abort(),
+        "abort" => std::process::abort(),
         "stack-overflow" => {
             let depth = recurse(0);
             ChildReply::Failed {
@@ -224,25 +239,30 @@ pub async fn extract_in_child(
             name: name.to_string(),
             source: io::Error::other(e),
         })?;
-    let mut retries = 0;
+    let mut kills_from_outside = 0;
     let mut engine = Engine::Auto;
     loop {
         // The bytes are shared, not copied: a retry needs them again.
-        match extract_once(name, bytes.clone(), settings, engine).await {
-            Err(ExtractError::Crashed { detail, .. })
-                if retries < SIGNAL_RETRIES && detail.starts_with(KILLED_BY_SIGNAL) =>
-            {
-                retries += 1;
-                // A parser that brought its process down (a stack overflow aborts) may do so
-                // again; the other engine may not. A kill from outside gets the same again.
-                if engine == Engine::Auto && crashed_by_parser(&detail) {
-                    engine = Engine::PdfExtract;
-                    tracing::warn!(name, %detail, "pdf child crashed; trying pdf-extract alone");
-                } else {
-                    tracing::warn!(name, %detail, "pdf child killed by a signal; trying once more");
-                }
-            }
-            other => return other,
+        let result = extract_once(name, bytes.clone(), settings, engine).await;
+        let Err(ExtractError::Crashed { detail, .. }) = &result else {
+            return result;
+        };
+        if !detail.starts_with(KILLED_BY_SIGNAL) {
+            return result;
+        }
+        if crashed_by_parser(detail) {
+            // A parser that brought its process down (a stack overflow aborts) would do so
+            // again; the ones after it may not. At most one run per parser.
+            let Some(next) = engine.after_crash(detail) else {
+                return result;
+            };
+            tracing::warn!(name, %detail, next = next.as_str(), "pdf child crashed; trying the next parser");
+            engine = next;
+        } else if kills_from_outside < SIGNAL_RETRIES {
+            kills_from_outside += 1;
+            tracing::warn!(name, %detail, "pdf child killed by a signal; trying once more");
+        } else {
+            return result;
         }
     }
 }
@@ -477,15 +497,23 @@ fn describe_failure(status: ExitStatus, stderr_tail: &str, memory_limit: u64) ->
         (None, Some(code)) => format!("exited with status {code}"),
         (None, None) => format!("ended abnormally ({status})"),
     };
-    let last_lines: Vec<&str> = stderr_tail
+    // The parser the child had started, then the last two other lines (the panic or abort).
+    let lines: Vec<&str> = stderr_tail
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .rev()
-        .take(2)
         .collect();
-    if !last_lines.is_empty() {
-        let message: String = last_lines.into_iter().rev().collect::<Vec<_>>().join("; ");
+    let started = lines.iter().rev().find(|l| l.starts_with(STARTING));
+    let mut shown: Vec<&str> = lines
+        .iter()
+        .rev()
+        .filter(|l| !l.starts_with(STARTING))
+        .take(2)
+        .copied()
+        .collect();
+    shown.extend(started);
+    if !shown.is_empty() {
+        let message: String = shown.into_iter().rev().collect::<Vec<_>>().join("; ");
         detail.push_str(": ");
         detail.extend(message.chars().take(300));
     }
@@ -526,6 +554,23 @@ mod tests {
         assert_eq!(
             detail,
             "killed by signal 6 (SIGABRT): noise; memory allocation of 64 bytes failed (memory limit 64 MiB)"
+        );
+        let in_a_parser = describe_failure(
+            status,
+            &format!(
+                "{STARTING}pdf_oxide\nthread 'main' has overflowed its stack\nfatal runtime error: stack overflow\n"
+            ),
+            0,
+        );
+        assert_eq!(
+            in_a_parser,
+            format!(
+                "killed by signal 6 (SIGABRT): {STARTING}pdf_oxide; thread 'main' has overflowed its stack; fatal runtime error: stack overflow"
+            )
+        );
+        assert_eq!(
+            Engine::Auto.after_crash(&in_a_parser),
+            Some(Engine::PdfExtract)
         );
         let exited = ExitStatus::from_raw(3 << 8);
         assert_eq!(describe_failure(exited, "", 0), "exited with status 3");

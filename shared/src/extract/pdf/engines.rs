@@ -1,25 +1,33 @@
-//! The PDF parsers the child runs (only ever called in the child process).
+//! The PDF parsers the child runs (only ever called in the child process), tried in order until
+//! one reads the document:
 //!
-//! pdf_oxide first, pdf-extract as the fallback for what pdf_oxide cannot read. Measured on 20 real
-//! manuals plus broken and hostile files (README "PDF engines"): pdf_oxide needs 1.4–1.8× less
-//! CPU, recovers text from truncated and damaged files that pdf-extract refuses, reads a 50 MB PDF
-//! within the default timeout and 100,000 pages in seconds (pdf-extract's per-page calls rebuild the
-//! page list each time: quadratic in pages), and never lost a producer's text (pdf-extract
-//! recovered 19% of one Ghostscript file). It reads multi-column pages in a slightly worse order,
-//! and it can overflow its stack on absurdly nested objects — the parent then runs the document
-//! again with pdf-extract alone ([`Engine::PdfExtract`]).
+//! 1. the content-stream reader ([`content_text`](super::content_text)): a thirteenth of
+//!    pdf_oxide's CPU, the same words on the manuals we measured and mostly a better order; used
+//!    unless it fails, or its text is empty or looks glued
+//!    ([`looks_readable`](super::content_text::looks_readable));
+//! 2. pdf_oxide: reads truncated and damaged files the lopdf-based readers refuse, 100,000 pages in
+//!    seconds, and lays out pages geometrically;
+//! 3. pdf-extract, for what pdf_oxide cannot read.
+//!
+//! Measured on 20 real manuals plus broken and hostile files (README "PDF engines"). A parser can
+//! overflow its stack on absurdly nested objects, which ends the child: the child names each
+//! parser on stderr before it starts ([`STARTING`]), and the parent runs the document again from
+//! the parser after the one that crashed ([`Engine::after_crash`]).
 
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::model::{DocFormat, ExtractedDoc, Section};
 
-use super::ChildReply;
+use super::{ChildReply, content_text};
 
-/// Which parser(s) the child uses; the parent passes it in [`ENGINE_ENV`].
+/// Where in the chain of parsers the child starts; the parent passes it in [`ENGINE_ENV`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
-    /// pdf_oxide, then pdf-extract if pdf_oxide fails or panics.
+    /// All three parsers, the fast reader first.
     Auto,
+    /// pdf_oxide, then pdf-extract: for a document whose fast read crashed the child.
+    PdfOxide,
     /// pdf-extract alone: for a document whose pdf_oxide run crashed the child.
     PdfExtract,
 }
@@ -27,10 +35,34 @@ pub enum Engine {
 /// The child's engine, set by the parent.
 pub const ENGINE_ENV: &str = "SLUICE_PDF_CHILD_ENGINE";
 
+/// What the child writes on stderr before it starts a parser, followed by the parser's name.
+pub const STARTING: &str = "pdf child: reading with ";
+
+/// The parsers in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Parser {
+    ContentStream,
+    PdfOxide,
+    PdfExtract,
+}
+
+impl Parser {
+    const CHAIN: [Parser; 3] = [Parser::ContentStream, Parser::PdfOxide, Parser::PdfExtract];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Parser::ContentStream => "lopdf-content",
+            Parser::PdfOxide => "pdf_oxide",
+            Parser::PdfExtract => "pdf-extract",
+        }
+    }
+}
+
 impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Auto => "auto",
+            Engine::PdfOxide => "pdf_oxide",
             Engine::PdfExtract => "pdf-extract",
         }
     }
@@ -38,28 +70,76 @@ impl Engine {
     /// What the parent asked for; anything else is [`Engine::Auto`].
     pub fn from_env() -> Self {
         match std::env::var(ENGINE_ENV).as_deref() {
+            Ok("pdf_oxide") => Engine::PdfOxide,
             Ok("pdf-extract") => Engine::PdfExtract,
             _ => Engine::Auto,
+        }
+    }
+
+    pub(super) fn parsers(self) -> &'static [Parser] {
+        let first = match self {
+            Engine::Auto => 0,
+            Engine::PdfOxide => 1,
+            Engine::PdfExtract => 2,
+        };
+        &Parser::CHAIN[first..]
+    }
+
+    /// The engine to run after a child started as `self` crashed, given what it said (the crash
+    /// detail): the parser after the last one it started, or none when that was the last. A
+    /// crash before any parser started is put down to the first, so the retry skips it.
+    pub fn after_crash(self, detail: &str) -> Option<Engine> {
+        let crashed = detail
+            .rfind(STARTING)
+            .and_then(|at| {
+                let name = detail[at + STARTING.len()..].split([';', '\n']).next()?;
+                Parser::CHAIN.into_iter().find(|p| p.name() == name.trim())
+            })
+            .unwrap_or(self.parsers()[0]);
+        match crashed {
+            Parser::ContentStream => Some(Engine::PdfOxide),
+            Parser::PdfOxide => Some(Engine::PdfExtract),
+            Parser::PdfExtract => None,
         }
     }
 }
 
 /// Text per page and the pages the parser rejected.
-type ParsedPdf = (ExtractedDoc, Vec<(u32, String)>);
+pub(super) type ParsedPdf = (ExtractedDoc, Vec<(u32, String)>);
 
-/// Parses `bytes` with `engine`, never panicking.
-pub(super) fn parse(bytes: &[u8], engine: Engine) -> ChildReply {
-    let extract = || catching_panics("pdf-extract", || parse_pages(bytes));
-    let result = match engine {
-        Engine::PdfExtract => extract(),
-        Engine::Auto => match catching_panics("pdf_oxide", || parse_pages_oxide(bytes)) {
-            Ok(parsed) => Ok(parsed),
-            Err(oxide) => extract().map_err(|other| format!("{oxide}; {other}")),
+/// Parses `bytes` with the parsers of `engine` in turn, never panicking. `before_each` runs as each
+/// parser starts (the child's fault injection).
+pub(super) fn parse(bytes: &[u8], engine: Engine, before_each: impl Fn(Parser)) -> ChildReply {
+    let mut errors = Vec::new();
+    // The fast reader's text when it looked glued: better than nothing if no other parser reads
+    // the file.
+    let mut glued = None;
+    for &parser in engine.parsers() {
+        // Written before the parser runs, so that a crash is put down to the right one.
+        let _ = writeln!(std::io::stderr(), "{STARTING}{}", parser.name());
+        before_each(parser);
+        let result = catching_panics(parser.name(), || match parser {
+            Parser::ContentStream => content_text::parse_pages(bytes).and_then(|parsed| {
+                if content_text::looks_readable(&parsed.0.sections) {
+                    Ok(parsed)
+                } else {
+                    glued = Some(parsed);
+                    Err("no text, or words glued together".into())
+                }
+            }),
+            Parser::PdfOxide => parse_pages_oxide(bytes),
+            Parser::PdfExtract => parse_pages(bytes),
+        });
+        match result {
+            Ok((doc, failed_pages)) => return ChildReply::Ok { doc, failed_pages },
+            Err(error) => errors.push(error),
+        }
+    }
+    match glued {
+        Some((doc, failed_pages)) => ChildReply::Ok { doc, failed_pages },
+        None => ChildReply::Corrupt {
+            detail: errors.join("; "),
         },
-    };
-    match result {
-        Ok((doc, failed_pages)) => ChildReply::Ok { doc, failed_pages },
-        Err(detail) => ChildReply::Corrupt { detail },
     }
 }
 
@@ -83,7 +163,7 @@ fn catching_panics(
 }
 
 /// The document from its pages, or why there is none.
-fn assemble(
+pub(super) fn assemble(
     sections: Vec<Section>,
     failed_pages: Vec<(u32, String)>,
     title: impl FnOnce() -> Option<String>,
@@ -154,11 +234,7 @@ fn oxide_info_title(doc: &pdf_oxide::PdfDocument) -> Option<String> {
 /// the parser rejects is skipped and reported rather than silently ending the document (which is
 /// what pdf-extract's own by-pages helper does).
 fn parse_pages(bytes: &[u8]) -> Result<ParsedPdf, String> {
-    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
-    if doc.is_encrypted() {
-        doc.decrypt("")
-            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
-    }
+    let doc = load_lopdf(bytes)?;
     let mut sections = Vec::new();
     let mut failed_pages = Vec::new();
     for &page in doc.get_pages().keys() {
@@ -178,8 +254,19 @@ fn parse_pages(bytes: &[u8]) -> Result<ParsedPdf, String> {
     assemble(sections, failed_pages, || info_title(&doc))
 }
 
+/// The document as lopdf (pdf-extract's parser) reads it, opened with the empty password if it is
+/// encrypted (many "encrypted" PDFs only restrict printing).
+pub(super) fn load_lopdf(bytes: &[u8]) -> Result<pdf_extract::Document, String> {
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    if doc.is_encrypted() {
+        doc.decrypt("")
+            .map_err(|e| format!("encrypted and not readable without a password: {e}"))?;
+    }
+    Ok(doc)
+}
+
 /// The `/Title` of the document information dictionary, if present and non-empty.
-fn info_title(doc: &pdf_extract::Document) -> Option<String> {
+pub(super) fn info_title(doc: &pdf_extract::Document) -> Option<String> {
     let info = doc.trailer.get_deref(b"Info", doc).ok()?.as_dict().ok()?;
     one_line(&pdf_extract::decode_text_string(info.get_deref(b"Title", doc).ok()?).ok()?)
 }
@@ -192,7 +279,7 @@ fn one_line(title: &str) -> Option<String> {
 
 /// Parsers pad pages with blank lines and trailing spaces; keep the line structure, drop the
 /// padding.
-fn tidy_page(text: &str) -> String {
+pub(super) fn tidy_page(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     lines.join("\n").trim().to_string()
 }
@@ -202,19 +289,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn garbage_is_corrupt_naming_both_engines_not_a_panic() {
-        match parse(b"%PDF-1.4\nnot really", Engine::Auto) {
+    fn garbage_is_corrupt_naming_every_parser_not_a_panic() {
+        match parse(b"%PDF-1.4\nnot really", Engine::Auto, |_| {}) {
             ChildReply::Corrupt { detail } => {
-                assert!(
-                    detail.contains("pdf_oxide: ") && detail.contains("pdf-extract: "),
-                    "{detail}"
-                );
+                for parser in Parser::CHAIN {
+                    assert!(detail.contains(&format!("{}: ", parser.name())), "{detail}");
+                }
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
         assert!(matches!(
-            parse(b"%PDF-1.4\nnot really", Engine::PdfExtract),
+            parse(b"%PDF-1.4\nnot really", Engine::PdfExtract, |_| {}),
             ChildReply::Corrupt { .. }
         ));
+    }
+
+    #[test]
+    fn a_crash_moves_on_to_the_parser_after_the_one_that_crashed() {
+        let crash = |parser: &str| {
+            format!("killed by signal 6 (SIGABRT): {STARTING}{parser}; fatal runtime error")
+        };
+        assert_eq!(
+            Engine::Auto.after_crash(&crash("lopdf-content")),
+            Some(Engine::PdfOxide)
+        );
+        assert_eq!(
+            Engine::Auto.after_crash(&crash("pdf_oxide")),
+            Some(Engine::PdfExtract)
+        );
+        assert_eq!(Engine::PdfOxide.after_crash(&crash("pdf-extract")), None);
+        // Nothing started yet: the first parser of the chain is skipped.
+        assert_eq!(
+            Engine::Auto.after_crash("killed by signal 6 (SIGABRT)"),
+            Some(Engine::PdfOxide)
+        );
+        assert_eq!(Engine::PdfExtract.after_crash("killed by signal 9"), None);
     }
 }
