@@ -83,26 +83,19 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn page(&mut self, page_id: ObjectId) -> Result<String, String> {
         let doc = self.doc;
-        let fonts = doc.get_page_fonts(page_id).map_err(|e| e.to_string())?;
+        // The page's own resources first, then those it inherits from its parents.
         let (own, inherited) = doc.get_page_resources(page_id).map_err(|e| e.to_string())?;
-        let xobjects = own
-            .into_iter()
-            .chain(
+        let resources = self.resources(
+            own.into_iter().chain(
                 inherited
                     .iter()
                     .filter_map(|&id| doc.get_dictionary(id).ok()),
-            )
-            .find_map(|resources| self.dictionary(resources, b"XObject"));
+            ),
+        );
         let content = doc.get_page_content(page_id).map_err(|e| e.to_string())?;
         let mut text = PageText::default();
         let mut forms_read = HashSet::new();
-        self.read(
-            &content,
-            &Resources { fonts, xobjects },
-            &mut text,
-            &mut forms_read,
-            0,
-        )?;
+        self.read(&content, &resources, &mut text, &mut forms_read, 0)?;
         Ok(text.text)
     }
 
@@ -197,20 +190,13 @@ impl<'a> Reader<'a> {
             .decompressed_content()
             .unwrap_or_else(|_| stream.content.clone());
         // A form without resources of its own uses its page's.
-        let own = self.dictionary(&stream.dict, b"Resources");
-        let resources = match own {
-            Some(own) => Resources {
-                fonts: self.fonts(own),
-                xobjects: self.dictionary(own, b"XObject"),
-            },
-            None => Resources {
-                fonts: outer.fonts.clone(),
-                xobjects: outer.xobjects,
-            },
-        };
+        let own = self
+            .dictionary(&stream.dict, b"Resources")
+            .map(|own| self.resources([own]));
+        let resources = own.as_ref().unwrap_or(outer);
         let saved = (text.line, text.pen, text.font.clone(), text.font_size);
         text.line_break();
-        self.read(&content, &resources, text, forms_read, depth + 1)?;
+        self.read(&content, resources, text, forms_read, depth + 1)?;
         text.line_break();
         (text.line, text.pen, text.font, text.font_size) = saved;
         Ok(())
@@ -221,18 +207,26 @@ impl<'a> Reader<'a> {
         dict.get_deref(key, self.doc).ok()?.as_dict().ok()
     }
 
-    /// The fonts a resource dictionary names.
-    fn fonts(&self, resources: &'a Dictionary) -> BTreeMap<Vec<u8>, &'a Dictionary> {
-        let Some(fonts) = self.dictionary(resources, b"Font") else {
-            return BTreeMap::new();
+    /// What resource dictionaries name, the first naming a font or holding forms winning (a page's
+    /// own resources before its parents').
+    fn resources(&self, dicts: impl IntoIterator<Item = &'a Dictionary>) -> Resources<'a> {
+        let mut resources = Resources {
+            fonts: BTreeMap::new(),
+            xobjects: None,
         };
-        fonts
-            .iter()
-            .filter_map(|(name, font)| {
-                let font = self.doc.dereference(font).ok()?.1.as_dict().ok()?;
-                Some((name.clone(), font))
-            })
-            .collect()
+        for dict in dicts {
+            if let Some(fonts) = self.dictionary(dict, b"Font") {
+                for (name, font) in fonts {
+                    if let Ok((_, Object::Dictionary(font))) = self.doc.dereference(font) {
+                        resources.fonts.entry(name.clone()).or_insert(font);
+                    }
+                }
+            }
+            resources.xobjects = resources
+                .xobjects
+                .or_else(|| self.dictionary(dict, b"XObject"));
+        }
+        resources
     }
 
     fn font(&mut self, font: &'a Dictionary) -> Rc<FontText<'a>> {
@@ -435,7 +429,7 @@ fn join_hyphenated(text: &str) -> String {
             }
             _ => {
                 joined.push_str(line);
-                if next.is_some() || lines.peek().is_some() {
+                if lines.peek().is_some() {
                     joined.push('\n');
                 }
             }
